@@ -1,0 +1,872 @@
+"""``load_sweeps(path)``: read a sweeps file (ours or a plain W&B sweep file) and validate all of it.
+
+Every problem is a :class:`orchestrator.errors.SpecError` naming the file, the line and the key path
+(``sweeps[0].parameters.lr.min``; list indices count from 0) with a hint saying what to do next. Keys that only
+matter to W&B's cloud (``controller``, ``job``, ``image_uri`` …) are accepted and reported in
+``SweepFile.notices``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from orchestrator.errors import SpecError
+from orchestrator.rundir import safe_name
+from orchestrator.spec.model import (
+    PRUNER_TYPES,
+    WANDB_MODES,
+    Defaults,
+    MetricSpec,
+    PrunerSpec,
+    SweepFile,
+    SweepSpec,
+)
+from orchestrator.spec.params import DISTRIBUTIONS, Param, ParamSpace
+from orchestrator.spec.yamlio import LineDict, LineList, NumStr, as_number, load_yaml, plain
+
+__all__ = ["load_sweeps", "EXPERIMENTS_DIR", "COMMAND_MACROS", "optuna_pruner_class"]
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+
+FILE_KEYS = ("defaults", "sweeps")
+DEFAULT_KEYS = ("project", "entity", "storage", "runs_dir", "slots", "wandb", "retries", "data_root")
+WANDB_SWEEP_KEYS = (
+    "name",
+    "method",
+    "metric",
+    "parameters",
+    "early_terminate",
+    "program",
+    "command",
+    "run_cap",
+    "description",
+    "project",
+    "entity",
+)
+OUR_SWEEP_KEYS = ("experiment", "pruner", "retries", "wandb", "data_root")
+SWEEP_KEYS = WANDB_SWEEP_KEYS + OUR_SWEEP_KEYS
+#: W&B keys that only mean something to W&B's cloud/launch: accepted, ignored, noticed
+WANDB_ONLY_KEYS = (
+    "controller",
+    "job",
+    "image_uri",
+    "imageUri",
+    "launch",
+    "apiVersion",
+    "kind",
+    "scheduler",
+    "resume",
+)
+METRIC_KEYS = ("name", "goal", "target", "impute", "impute_while_running")
+HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")
+PARAM_KEYS = (
+    "distribution",
+    "value",
+    "values",
+    "probabilities",
+    "min",
+    "max",
+    "q",
+    "mu",
+    "sigma",
+    "a",
+    "b",
+    "parameters",
+)
+METHODS = ("grid", "random", "bayes")
+#: whole-item command macros (W&B agent); ``${envvar:NAME}`` may also appear inside an item
+COMMAND_MACROS = (
+    "env",
+    "interpreter",
+    "program",
+    "args",
+    "args_no_hyphens",
+    "args_no_boolean_flags",
+    "args_no_equals",
+    "args_json",
+    "args_json_file",
+)
+ENVVAR = re.compile(r"\$\{envvar:([A-Za-z_][A-Za-z0-9_]*)\}")
+_MACRO = re.compile(r"^\$\{([^}]*)\}$")
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_EXPERIMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SLOTS = re.compile(r"^(auto|cpu:[1-9]\d*|gpu:(all|\d+)(x[1-9]\d*)?(,\d+(x[1-9]\d*)?)*)$")
+_MAX_GRID_AXIS = 1_000_000
+
+# distribution -> the settings it takes (besides ``distribution``)
+_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "constant": ("value",),
+    "categorical": ("values", "probabilities"),
+    "int_uniform": ("min", "max"),
+    "uniform": ("min", "max"),
+    "q_uniform": ("min", "max", "q"),
+    "log_uniform_values": ("min", "max"),
+    "q_log_uniform_values": ("min", "max", "q"),
+    "inv_log_uniform_values": ("min", "max"),
+    "log_uniform": ("min", "max"),
+    "q_log_uniform": ("min", "max", "q"),
+    "inv_log_uniform": ("min", "max"),
+    "normal": ("mu", "sigma"),
+    "q_normal": ("mu", "sigma", "q"),
+    "log_normal": ("mu", "sigma"),
+    "q_log_normal": ("mu", "sigma", "q"),
+    "beta": ("a", "b"),
+    "q_beta": ("a", "b", "q"),
+}
+_DEFAULTS = {"q": 1.0, "mu": 0.0, "sigma": 1.0, "a": 1.0, "b": 1.0}
+_DEPRECATED = {
+    "log_uniform": "log_uniform_values",
+    "q_log_uniform": "q_log_uniform_values",
+    "inv_log_uniform": "inv_log_uniform_values",
+}
+
+
+def optuna_pruner_class(kind: str) -> Callable[..., Any]:
+    """The ``optuna.pruners`` class of a ``pruner: {type: …}``."""
+    from optuna import pruners
+
+    return {
+        "none": pruners.NopPruner,
+        "median": pruners.MedianPruner,
+        "percentile": pruners.PercentilePruner,
+        "successive_halving": pruners.SuccessiveHalvingPruner,
+        "hyperband": pruners.HyperbandPruner,
+    }[kind]
+
+
+def _closest(word: str, choices: tuple[str, ...] | list[str]) -> str | None:
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _key(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+class _Ctx:
+    """Where we are (file) and what we noticed."""
+
+    def __init__(self, file: Path, experiments_dir: Path) -> None:
+        self.file = file
+        self.experiments_dir = experiments_dir
+        self.notices: list[str] = []
+
+    def fail(self, message: str, line: int | None, key: str | None, hint: str | None = None) -> NoReturn:
+        raise SpecError(message, file=self.file, line=line, key=key or None, hint=hint)
+
+    def notice(self, text: str) -> None:
+        self.notices.append(text)
+
+    # -- typed readers -----------------------------------------------------------------------------------
+    def mapping(self, value: Any, line: int | None, key: str, what: str) -> LineDict:
+        if not isinstance(value, LineDict):
+            self.fail(f"{what} must be a mapping (key: value lines), not {_kind(value)}", line, key)
+        return value
+
+    def unknown_keys(
+        self, d: LineDict, allowed: tuple[str, ...], prefix: str, what: str, ignored: tuple[str, ...] = ()
+    ) -> None:
+        for k in d:
+            if not isinstance(k, str):
+                self.fail(f"keys must be text, not {_kind(k)} {k!r}", d.line_of(k), _key(prefix, k))
+            if k in allowed or k in ignored:
+                continue
+            best = _closest(k, allowed)
+            hint = f"did you mean '{best}'?" if best else f"valid keys: {', '.join(allowed)}"
+            self.fail(f"unknown key '{k}' in {what}", d.line_of(k), _key(prefix, k), hint)
+
+    def string(self, d: LineDict, k: str, prefix: str, *, optional: bool = True) -> str | None:
+        if k not in d or d[k] is None:
+            if optional:
+                return None
+            self.fail(f"'{k}' is required", d.line, _key(prefix, k))
+        value = d[k]
+        if not isinstance(value, str):
+            self.fail(
+                f"must be text, not {_kind(value)} {value!r}",
+                d.line_of(k),
+                _key(prefix, k),
+                hint=f'quote it: {k}: "{value}"',
+            )
+        return str(value)
+
+    def integer(self, d: LineDict, k: str, prefix: str, *, minimum: int) -> int | None:
+        if k not in d or d[k] is None:
+            return None
+        value = d[k]
+        num = as_number(value)
+        if num is None or (isinstance(num, float) and not num.is_integer()):
+            self.fail(f"must be a whole number, not {_kind(value)} {value!r}", d.line_of(k), _key(prefix, k))
+        if num < minimum:
+            self.fail(f"must be at least {minimum}, not {num}", d.line_of(k), _key(prefix, k))
+        return int(num)
+
+    def number(self, d: LineDict, k: str, prefix: str) -> int | float | None:
+        if k not in d or d[k] is None:
+            return None
+        value = d[k]
+        num = as_number(value)
+        if num is None or not math.isfinite(num):
+            self.fail(f"must be a number, not {_kind(value)} {value!r}", d.line_of(k), _key(prefix, k))
+        return num
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _coerce(value: Any) -> Any:
+    """Plain data with unquoted number-like strings (``1e-4``) read as numbers."""
+    if isinstance(value, NumStr):
+        num = as_number(value)
+        return num if num is not None else str(value)
+    if isinstance(value, dict):
+        return {plain(k): _coerce(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+def load_sweeps(path: str | Path, *, experiments_dir: str | Path | None = None) -> SweepFile:
+    """Read and validate a sweeps file: ours (``defaults:`` + ``sweeps:``) or one plain W&B sweep.
+
+    ``experiments_dir`` is where ``experiment: NAME`` must find ``NAME.py`` (default: the project's
+    ``experiments/``). Raises SpecError on the first problem.
+    """
+    path = Path(path)
+    ctx = _Ctx(path, Path(experiments_dir) if experiments_dir is not None else EXPERIMENTS_DIR)
+    data = load_yaml(path)
+    if data is None:
+        ctx.fail(
+            "the file is empty",
+            None,
+            None,
+            hint="write a W&B sweep (method:, parameters:) or a 'sweeps:' list",
+        )
+    if not isinstance(data, LineDict):
+        ctx.fail(f"the top level must be a mapping, not {_kind(data)}", getattr(data, "line", 1), None)
+
+    if "sweeps" in data or "defaults" in data:
+        for k in data:
+            if k in FILE_KEYS:
+                continue
+            if isinstance(k, str) and (k in SWEEP_KEYS or k in WANDB_ONLY_KEYS):
+                ctx.fail(
+                    f"'{k}' belongs to a sweep, but this file lists its sweeps under 'sweeps:'",
+                    data.line_of(k),
+                    str(k),
+                    hint="move it into one item of 'sweeps:' (or into 'defaults:' for project/entity/retries/wandb)",
+                )
+            ctx.unknown_keys(data, FILE_KEYS, "", "the file")
+        defaults = _parse_defaults(ctx, data.get("defaults"), data.line_of("defaults"))
+        items = data.get("sweeps")
+        if "sweeps" not in data or items is None:
+            ctx.fail("'sweeps' is required: a list of sweeps", data.line_of("sweeps"), "sweeps")
+        if isinstance(items, LineDict):
+            ctx.fail(
+                "'sweeps' must be a list, not a mapping",
+                data.line_of("sweeps"),
+                "sweeps",
+                hint="start each sweep with '- name: …' under 'sweeps:'",
+            )
+        if not isinstance(items, LineList) or not items:
+            ctx.fail(
+                f"'sweeps' must be a non-empty list, not {_kind(items) if items != [] else 'an empty list'}",
+                data.line_of("sweeps"),
+                "sweeps",
+            )
+        sweeps = [
+            _parse_sweep(ctx, item, items.line_of(i), f"sweeps[{i}]", defaults, default_name=None)
+            for i, item in enumerate(items)
+        ]
+    else:
+        defaults = Defaults()
+        sweeps = [_parse_sweep(ctx, data, data.line or 1, "", defaults, default_name=path.stem)]
+
+    seen: dict[str, SweepSpec] = {}
+    safe_seen: dict[str, SweepSpec] = {}
+    for i, sweep in enumerate(sweeps):
+        key = f"sweeps[{i}].name" if len(sweeps) > 1 or "sweeps" in data else "name"
+        if sweep.name in seen:
+            ctx.fail(
+                f"duplicate sweep name '{sweep.name}' (first on line {seen[sweep.name].line})",
+                sweep.line,
+                key,
+                hint="give every sweep its own name",
+            )
+        safe = safe_name(sweep.name)
+        if safe in safe_seen:
+            ctx.fail(
+                f"sweep names '{safe_seen[safe].name}' and '{sweep.name}' share the folder name '{safe}'",
+                sweep.line,
+                key,
+                hint="rename one of them",
+            )
+        seen[sweep.name] = sweep
+        safe_seen[safe] = sweep
+    return SweepFile(path=path, defaults=defaults, sweeps=sweeps, notices=ctx.notices)
+
+
+def _parse_defaults(ctx: _Ctx, raw: Any, line: int | None) -> Defaults:
+    if raw is None:
+        return Defaults()
+    d = ctx.mapping(raw, line, "defaults", "'defaults'")
+    ctx.unknown_keys(d, DEFAULT_KEYS, "defaults", "'defaults'")
+    base = Defaults()
+    slots = ctx.string(d, "slots", "defaults") or base.slots
+    if not _SLOTS.match(slots):
+        ctx.fail(
+            f"invalid slots '{slots}'",
+            d.line_of("slots"),
+            "defaults.slots",
+            hint="use auto, cpu:N, gpu:0,1 (GPU ids) or gpu:0x2 (2 trials on GPU 0)",
+        )
+    storage = ctx.string(d, "storage", "defaults") or base.storage
+    runs_dir = ctx.string(d, "runs_dir", "defaults") or base.runs_dir
+    wandb = _wandb_mode(ctx, d, "defaults") or base.wandb
+    retries = ctx.integer(d, "retries", "defaults", minimum=0)
+    return Defaults(
+        project=ctx.string(d, "project", "defaults"),
+        entity=ctx.string(d, "entity", "defaults"),
+        storage=storage,
+        runs_dir=runs_dir,
+        slots=slots,
+        wandb=wandb,
+        retries=base.retries if retries is None else retries,
+        data_root=ctx.string(d, "data_root", "defaults"),
+    )
+
+
+def _wandb_mode(ctx: _Ctx, d: LineDict, prefix: str) -> str | None:
+    if "wandb" not in d or d["wandb"] is None:
+        return None
+    value = d["wandb"]
+    if not isinstance(value, str) or value not in WANDB_MODES:
+        hint = "use one of: " + ", ".join(WANDB_MODES)
+        if isinstance(value, bool):
+            hint += " (YAML reads off/no/false as a boolean: write 'disabled')"
+        ctx.fail(f"invalid wandb mode {value!r}", d.line_of("wandb"), _key(prefix, "wandb"), hint)
+    return value
+
+
+def _parse_sweep(
+    ctx: _Ctx, raw: Any, line: int | None, prefix: str, defaults: Defaults, default_name: str | None
+) -> SweepSpec:
+    what = prefix or "the sweep"
+    d = ctx.mapping(raw, line, prefix, what)
+    ctx.unknown_keys(
+        d,
+        SWEEP_KEYS,
+        prefix,
+        f"{what} (W&B sweep keys and experiment/pruner/retries/wandb/data_root)",
+        ignored=WANDB_ONLY_KEYS + ("metrics",),
+    )
+    if "metrics" in d:
+        ctx.fail(
+            "multi-objective 'metrics' is not supported",
+            d.line_of("metrics"),
+            _key(prefix, "metrics"),
+            hint="optimise one metric with 'metric: {name: …, goal: …}'",
+        )
+    for k in d:
+        if k in WANDB_ONLY_KEYS:
+            ctx.notice(f"{ctx.file}:{d.line_of(k)}: {_key(prefix, k)}: W&B-only key, ignored by orchestrate")
+
+    name = ctx.string(d, "name", prefix, optional=default_name is not None) or default_name
+    assert name is not None
+    if not name.strip():
+        ctx.fail("the sweep name is empty", d.line_of("name"), _key(prefix, "name"))
+
+    # method
+    if "method" not in d:
+        ctx.fail(
+            "'method' is required",
+            d.line,
+            _key(prefix, "method"),
+            hint="add 'method: grid', 'random' or 'bayes'",
+        )
+    method = d["method"]
+    if method not in METHODS or not isinstance(method, str):
+        best = _closest(str(method), METHODS)
+        hint = f"did you mean '{best}'?" if best else "use grid, random or bayes"
+        if method == "custom":
+            hint = "method: custom (W&B's custom schedulers) is not supported; use grid, random or bayes"
+        ctx.fail(f"unknown method {method!r}", d.line_of("method"), _key(prefix, "method"), hint)
+
+    metric = _parse_metric(ctx, d, prefix)
+    if method == "bayes" and metric is None:
+        ctx.fail(
+            "method: bayes needs a metric to optimise",
+            d.line_of("method"),
+            _key(prefix, "metric"),
+            hint="add 'metric: {name: val/loss, goal: minimize}', or use method: random",
+        )
+
+    pruner = _parse_pruner(ctx, d, prefix)
+    if pruner is not None and metric is None:
+        which = pruner.source
+        ctx.fail(
+            f"'{which}' needs a metric to watch",
+            d.line_of(which),
+            _key(prefix, "metric"),
+            hint="add 'metric: {name: …, goal: …}'",
+        )
+
+    if "parameters" not in d or d["parameters"] is None:
+        ctx.fail(
+            "'parameters' is required",
+            d.line_of("parameters"),
+            _key(prefix, "parameters"),
+            hint="add at least one parameter, e.g. 'parameters: {lr: {values: [0.01, 0.001]}}'",
+        )
+    pkey = _key(prefix, "parameters")
+    params = _parse_params(ctx, d["parameters"], d.line_of("parameters"), pkey, ())
+    names: dict[str, Param] = {}
+    for p in params:
+        if p.name in names:
+            ctx.fail(
+                f"parameter name '{p.name}' is defined twice (as a nested and as a dotted name)",
+                p.line,
+                pkey,
+                hint="rename one of them",
+            )
+        names[p.name] = p
+    space = ParamSpace(params, file=str(ctx.file), key=pkey)
+    if method == "grid":
+        space.check_grid()
+
+    experiment = ctx.string(d, "experiment", prefix)
+    program = ctx.string(d, "program", prefix)
+    command = _parse_command(ctx, d, prefix, program)
+    if experiment is not None:
+        if program is not None or command is not None:
+            ctx.fail(
+                "give either 'experiment' or 'program'/'command', not both",
+                d.line_of("experiment"),
+                _key(prefix, "experiment"),
+                hint="experiment runs 'python -m experiments.NAME RUN_DIR'; program/command run your own script",
+            )
+        _check_experiment(ctx, experiment, d.line_of("experiment"), _key(prefix, "experiment"))
+    elif program is None and command is None:
+        ctx.notice(
+            f"{ctx.file}:{d.line}: sweep '{name}' has no experiment, program or command: it loads, but cannot be "
+            "launched (W&B runs such a sweep with wandb.agent(function=…))"
+        )
+
+    run_cap = ctx.integer(d, "run_cap", prefix, minimum=1)
+    retries = ctx.integer(d, "retries", prefix, minimum=0)
+    description = d.get("description")
+    if description is not None and not isinstance(description, str):
+        description = str(description)
+    data_root = ctx.string(d, "data_root", prefix)
+    return SweepSpec(
+        name=name,
+        method=method,  # type: ignore[arg-type]
+        metric=metric,
+        parameters=space,
+        experiment=experiment,
+        program=program,
+        command=command,
+        pruner=pruner,
+        run_cap=run_cap,
+        retries=defaults.retries if retries is None else retries,
+        project=ctx.string(d, "project", prefix) or defaults.project,
+        entity=ctx.string(d, "entity", prefix) or defaults.entity,
+        description=description,
+        file=str(ctx.file),
+        line=d.line,
+        wandb=_wandb_mode(ctx, d, prefix) or defaults.wandb,
+        data_root=data_root if data_root is not None else defaults.data_root,
+    )
+
+
+def _parse_metric(ctx: _Ctx, d: LineDict, prefix: str) -> MetricSpec | None:
+    if "metric" not in d or d["metric"] is None:
+        return None
+    key = _key(prefix, "metric")
+    if isinstance(d["metric"], str):
+        ctx.fail(
+            "'metric' must be a mapping",
+            d.line_of("metric"),
+            key,
+            hint=f"write 'metric: {{name: {d['metric']}, goal: minimize}}'",
+        )
+    m = ctx.mapping(d["metric"], d.line_of("metric"), key, "'metric'")
+    ctx.unknown_keys(m, METRIC_KEYS, key, "'metric'")
+    if "name" not in m or m["name"] is None:
+        ctx.fail("the metric needs a 'name'", m.line, _key(key, "name"))
+    mname = m["name"]
+    if not isinstance(mname, str):
+        if isinstance(mname, bool | dict | list):
+            ctx.fail(f"must be text, not {_kind(mname)}", m.line_of("name"), _key(key, "name"))
+        mname = str(mname)
+    goal = m.get("goal", "minimize")
+    if goal not in ("minimize", "maximize"):
+        ctx.notice(
+            f"{ctx.file}:{m.line_of('goal')}: {_key(key, 'goal')}: {goal!r} is not minimize or maximize; "
+            "using minimize, as W&B does"
+        )
+        goal = "minimize"
+    for k in ("impute", "impute_while_running"):
+        if k in m:
+            ctx.notice(f"{ctx.file}:{m.line_of(k)}: {_key(key, k)}: W&B-only setting, ignored by orchestrate")
+    target = ctx.number(m, "target", key)
+    return MetricSpec(name=str(mname), goal=goal, target=None if target is None else float(target))
+
+
+def _parse_pruner(ctx: _Ctx, d: LineDict, prefix: str) -> PrunerSpec | None:
+    has_et = "early_terminate" in d and d["early_terminate"] is not None
+    has_pr = "pruner" in d and d["pruner"] is not None
+    if has_et and has_pr:
+        ctx.fail(
+            "give either 'early_terminate' (W&B hyperband) or 'pruner' (Optuna), not both",
+            d.line_of("pruner"),
+            _key(prefix, "pruner"),
+        )
+    if has_et:
+        key = _key(prefix, "early_terminate")
+        e = ctx.mapping(d["early_terminate"], d.line_of("early_terminate"), key, "'early_terminate'")
+        ctx.unknown_keys(e, HYPERBAND_KEYS, key, "'early_terminate'")
+        if e.get("type") != "hyperband":
+            ctx.fail(
+                f"unknown early_terminate type {e.get('type')!r}",
+                e.line_of("type"),
+                _key(key, "type"),
+                hint="W&B knows only 'type: hyperband'; for Optuna's pruners use 'pruner: {type: median, …}'",
+            )
+        options: dict[str, Any] = {}
+        for k in ("min_iter", "max_iter"):
+            v = ctx.integer(e, k, key, minimum=1)
+            if v is not None:
+                options[k] = v
+        s = ctx.number(e, "s", key)
+        if s is not None:
+            if s < 0:
+                ctx.fail(f"must be at least 0, not {s}", e.line_of("s"), _key(key, "s"))
+            options["s"] = s
+        eta = ctx.number(e, "eta", key)
+        if eta is not None and eta <= 1:
+            ctx.fail(f"must be greater than 1, not {eta}", e.line_of("eta"), _key(key, "eta"))
+        options["eta"] = 3 if eta is None else eta
+        strict = e.get("strict", True)
+        if not isinstance(strict, bool):
+            ctx.fail(f"must be true or false, not {strict!r}", e.line_of("strict"), _key(key, "strict"))
+        options["strict"] = strict
+        if "min_iter" not in options and not ("max_iter" in options and "s" in options):
+            ctx.fail(
+                "hyperband needs 'min_iter', or both 'max_iter' and 's'",
+                e.line,
+                key,
+                hint="e.g. 'early_terminate: {type: hyperband, min_iter: 3}'",
+            )
+        return PrunerSpec("hyperband", options, "early_terminate")
+    if has_pr:
+        key = _key(prefix, "pruner")
+        raw = d["pruner"]
+        raw_type: Any
+        if isinstance(raw, str):
+            raw_type, p = raw, LineDict({"type": raw})
+            p.line = d.line_of("pruner")
+        else:
+            p = ctx.mapping(raw, d.line_of("pruner"), key, "'pruner'")
+            raw_type = p.get("type")
+        if raw_type not in PRUNER_TYPES:
+            best = _closest(str(raw_type), PRUNER_TYPES)
+            ctx.fail(
+                f"unknown pruner type {raw_type!r}",
+                p.line_of("type"),
+                _key(key, "type"),
+                hint=f"did you mean '{best}'?" if best else "use one of: " + ", ".join(PRUNER_TYPES),
+            )
+        cls = optuna_pruner_class(raw_type)
+        accepted = tuple(n for n in inspect.signature(cls).parameters if n != "self")
+        ctx.unknown_keys(p, ("type", *accepted), key, f"the {raw_type} pruner (Optuna's argument names)")
+        opts = {k: _coerce(v) for k, v in p.items() if k != "type"}
+        try:
+            cls(**opts)
+        except (TypeError, ValueError) as exc:
+            bad = next(iter(opts), "type")
+            ctx.fail(f"invalid pruner settings: {exc}", p.line_of(bad), _key(key, bad))
+        if raw_type == "none":
+            return None
+        return PrunerSpec(raw_type, opts, "pruner")
+    return None
+
+
+def _parse_command(ctx: _Ctx, d: LineDict, prefix: str, program: str | None) -> list[str] | None:
+    if "command" not in d or d["command"] is None:
+        return None
+    key = _key(prefix, "command")
+    raw = d["command"]
+    lines: list[int | None]
+    if isinstance(raw, str):
+        items: list[Any] = shlex.split(raw)
+        lines = [d.line_of("command")] * len(items)
+        ctx.notice(f"{ctx.file}:{d.line_of('command')}: {key}: a command string was split like a shell line")
+    elif isinstance(raw, LineList):
+        items, lines = list(raw), [raw.line_of(i) for i in range(len(raw))]
+    else:
+        ctx.fail(f"'command' must be a list, not {_kind(raw)}", d.line_of("command"), key)
+    if not items:
+        ctx.fail("'command' is empty", d.line_of("command"), key)
+    out: list[str] = []
+    for i, (item, line) in enumerate(zip(items, lines, strict=True)):
+        if item is None or isinstance(item, dict | list):
+            ctx.fail(f"a command item must be a word, not {_kind(item)}", line, f"{key}[{i}]")
+        text = str(item)
+        m = _MACRO.match(text)
+        if m and not m.group(1).startswith("envvar:"):
+            macro = m.group(1)
+            if macro not in COMMAND_MACROS:
+                best = _closest(macro, COMMAND_MACROS)
+                ctx.fail(
+                    f"unknown command macro '{text}'",
+                    line,
+                    f"{key}[{i}]",
+                    hint=(f"did you mean '${{{best}}}'?" if best else "macros: " + ", ".join(COMMAND_MACROS)),
+                )
+            if macro == "program" and program is None:
+                ctx.fail(
+                    "the command uses ${program} but the sweep has no 'program'",
+                    line,
+                    f"{key}[{i}]",
+                    hint="add 'program: train.py' (the script to run)",
+                )
+        out.append(text)
+    return out
+
+
+def _check_experiment(ctx: _Ctx, name: str, line: int | None, key: str) -> None:
+    folder = ctx.experiments_dir
+    ok = _EXPERIMENT_NAME.match(name) is not None and (
+        (folder / f"{name}.py").is_file() or (folder / name / "__main__.py").is_file()
+    )
+    if ok:
+        return
+    available = sorted(
+        {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+        | {p.parent.name for p in folder.glob("*/__main__.py")}
+    )
+    best = _closest(name, available)
+    hint = f"did you mean '{best}'? " if best else ""
+    hint += f"available: {', '.join(available)}" if available else f"no experiments found in {folder}"
+    ctx.fail(f"unknown experiment '{name}' (no {folder / (name + '.py')})", line, key, hint)
+
+
+# -- parameters --------------------------------------------------------------------------------------------
+def _parse_params(ctx: _Ctx, raw: Any, line: int | None, key: str, path: tuple[str, ...]) -> list[Param]:
+    d = ctx.mapping(raw, line, key, f"'{key}'")
+    if not d:
+        ctx.fail("no parameters given", d.line, key, hint="add at least one parameter")
+    out: list[Param] = []
+    for pname in d:
+        if not isinstance(pname, str):
+            ctx.fail(f"parameter names must be text, not {_kind(pname)} {pname!r}", d.line_of(pname), key)
+    for pname in sorted(d):  # W&B's order: sorted names, depth first
+        pkey = _key(key, pname)
+        pline = d.line_of(pname)
+        if not _PARAM_NAME.match(pname):
+            ctx.fail(
+                f"invalid parameter name '{pname}'",
+                pline,
+                pkey,
+                hint="W&B allows letters, digits, '_', '.', '-' (not starting with a digit, '.' or '-')",
+            )
+        body = d[pname]
+        if not isinstance(body, LineDict):
+            ctx.fail(
+                f"a parameter must be a mapping, not {_kind(body)}",
+                pline,
+                pkey,
+                hint=f"write '{pname}: {{value: {body!r}}}' for a constant or '{{values: [...]}}' for choices",
+            )
+        if "parameters" in body:
+            extra = [k for k in body if k != "parameters"]
+            if extra:
+                ctx.fail(
+                    f"'{extra[0]}' cannot sit beside nested 'parameters'",
+                    body.line_of(extra[0]),
+                    _key(pkey, extra[0]),
+                    hint="a parameter is either a group (only 'parameters:') or a distribution",
+                )
+            out.extend(
+                _parse_params(
+                    ctx, body["parameters"], body.line_of("parameters"), f"{pkey}.parameters", (*path, pname)
+                )
+            )
+            continue
+        out.append(_parse_param(ctx, body, pline, pkey, (*path, pname)))
+    return out
+
+
+def _parse_param(ctx: _Ctx, body: LineDict, line: int | None, key: str, path: tuple[str, ...]) -> Param:
+    ctx.unknown_keys(body, PARAM_KEYS, key, f"parameter '{path[-1]}'")
+    dist: Any = body.get("distribution")
+    if dist is not None:
+        if dist == "categorical_w_probabilities":
+            dist = "categorical"
+        if not isinstance(dist, str) or dist not in DISTRIBUTIONS:
+            best = _closest(str(dist), DISTRIBUTIONS)
+            ctx.fail(
+                f"unknown distribution {dist!r}",
+                body.line_of("distribution"),
+                _key(key, "distribution"),
+                hint=f"did you mean '{best}'?" if best else "distributions: " + ", ".join(DISTRIBUTIONS),
+            )
+    else:
+        if "value" in body:
+            dist = "constant"
+        elif "values" in body:
+            dist = "categorical"
+        elif "min" in body or "max" in body:
+            lo, hi = as_number(body.get("min")), as_number(body.get("max"))
+            dist = "int_uniform" if isinstance(lo, int) and isinstance(hi, int) else "uniform"
+        else:
+            ctx.fail(
+                "cannot tell the distribution",
+                line,
+                key,
+                hint="give 'value' (constant), 'values' (choices), 'min'/'max' (a range) or 'distribution'",
+            )
+    allowed = _KIND_KEYS[dist]
+    for k in body:
+        if k != "distribution" and k not in allowed:
+            ctx.fail(
+                f"'{k}' does not apply to distribution {dist}",
+                body.line_of(k),
+                _key(key, k),
+                hint=f"{dist} takes: {', '.join(allowed) or 'nothing else'}",
+            )
+    for k in allowed:
+        if k in ("value", "probabilities", "q", "mu", "sigma", "a", "b"):
+            continue
+        if k not in body:
+            ctx.fail(f"distribution {dist} needs '{k}'", line, _key(key, k))
+
+    if dist == "constant":
+        if "value" not in body:
+            ctx.fail("distribution constant needs 'value'", line, _key(key, "value"))
+        return Param(path, "constant", values=(_coerce(body["value"]),), line=line)
+    if dist == "categorical":
+        values = body["values"]
+        if not isinstance(values, list):
+            ctx.fail(
+                f"'values' must be a list, not {_kind(values)}",
+                body.line_of("values"),
+                _key(key, "values"),
+                hint=f"write 'values: [{values!r}]' or use 'value:' for a constant",
+            )
+        if not values:
+            ctx.fail(
+                "'values' is empty",
+                body.line_of("values"),
+                _key(key, "values"),
+                hint="list at least one value",
+            )
+        coerced = tuple(_coerce(v) for v in values)
+        probs = None
+        if "probabilities" in body:
+            probs = _parse_probabilities(ctx, body, key, len(coerced))
+        return Param(path, "categorical", values=coerced, probabilities=probs, line=line)
+
+    nums: dict[str, Any] = {}
+    for k in allowed:
+        v = ctx.number(body, k, key)
+        nums[k] = _DEFAULTS[k] if v is None else v
+    if "min" in nums:
+        lo, hi = nums["min"], nums["max"]
+        if dist == "int_uniform":
+            for k in ("min", "max"):
+                if isinstance(nums[k], float) and not nums[k].is_integer():
+                    ctx.fail(
+                        f"int_uniform needs whole numbers, not {nums[k]}",
+                        body.line_of(k),
+                        _key(key, k),
+                        hint="use distribution: uniform for real numbers",
+                    )
+                nums[k] = int(nums[k])
+            lo, hi = nums["min"], nums["max"]
+        if lo >= hi:
+            ctx.fail(
+                f"min ({lo}) must be less than max ({hi})",
+                body.line_of("min"),
+                _key(key, "min"),
+                hint="swap them, or use 'value:' for a constant",
+            )
+        if dist.endswith("_values") and lo <= 0:
+            ctx.fail(
+                f"{dist} needs min > 0 (it is a value, not an exponent), not {lo}",
+                body.line_of("min"),
+                _key(key, "min"),
+                hint=f"give positive values, or use {dist[: -len('_values')]} if min/max are natural-log exponents",
+            )
+    for k, rule in (("q", "q"), ("sigma", "sigma"), ("a", "a"), ("b", "b")):
+        if k in nums and nums[k] <= 0:
+            ctx.fail(f"'{rule}' must be greater than 0, not {nums[k]}", body.line_of(k), _key(key, k))
+    if dist in _DEPRECATED:
+        ctx.notice(
+            f"{ctx.file}:{line}: {key}: {dist} takes natural-log exponents as min/max "
+            f"(deprecated by W&B; {_DEPRECATED[dist]} takes the values)"
+        )
+    param = Param(
+        path,
+        dist,
+        min=nums.get("min"),
+        max=nums.get("max"),
+        q=nums.get("q"),
+        mu=nums.get("mu"),
+        sigma=nums.get("sigma"),
+        a=nums.get("a"),
+        b=nums.get("b"),
+        line=line,
+    )
+    if dist == "q_uniform" and (param.max - param.min) / param.q > _MAX_GRID_AXIS:  # type: ignore[operator]
+        ctx.fail(
+            f"q_uniform has more than {_MAX_GRID_AXIS} steps", line, _key(key, "q"), hint="use a larger q"
+        )
+    return param
+
+
+def _parse_probabilities(ctx: _Ctx, body: LineDict, key: str, count: int) -> tuple[float, ...]:
+    raw = body["probabilities"]
+    pkey = _key(key, "probabilities")
+    if not isinstance(raw, list):
+        ctx.fail(f"'probabilities' must be a list, not {_kind(raw)}", body.line_of("probabilities"), pkey)
+    probs: list[float] = []
+    for i, v in enumerate(raw):
+        num = as_number(v)
+        if num is None or num < 0:
+            ctx.fail(
+                f"probabilities must be numbers ≥ 0, not {v!r}", body.line_of("probabilities"), f"{pkey}[{i}]"
+            )
+        probs.append(float(num))
+    if len(probs) != count:
+        ctx.fail(
+            f"{len(probs)} probabilities for {count} values",
+            body.line_of("probabilities"),
+            pkey,
+            hint="give one probability per value",
+        )
+    if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
+        ctx.fail(f"probabilities sum to {sum(probs):g}, not 1", body.line_of("probabilities"), pkey)
+    return tuple(probs)

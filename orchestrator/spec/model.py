@@ -1,0 +1,159 @@
+"""The validated sweep specification (what ``load_sweeps`` returns). Plain dataclasses, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from orchestrator.spec.params import ParamSpace
+
+__all__ = ["Defaults", "MetricSpec", "PrunerSpec", "SweepFile", "SweepSpec", "PRUNER_TYPES", "WANDB_MODES"]
+
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+#: ``pruner: {type: …}`` values; options are the Optuna pruner's own keyword arguments
+PRUNER_TYPES = ("none", "median", "percentile", "successive_halving", "hyperband")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the sweeps of a file share (``defaults:``); a sweep may override project/entity/retries/wandb."""
+
+    project: str | None = None
+    entity: str | None = None
+    storage: str = "sqlite:///runs/orchestrate.db"
+    runs_dir: str = "runs"
+    slots: str = "auto"
+    wandb: str = "auto"
+    retries: int = 1
+    data_root: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """The metric a sweep optimises. ``goal`` is 'minimize' or 'maximize' (W&B's default: minimize)."""
+
+    name: str
+    goal: Literal["minimize", "maximize"] = "minimize"
+    target: float | None = None
+
+    @property
+    def direction(self) -> str:
+        """Optuna's study direction."""
+        return self.goal
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "goal": self.goal}
+        if self.target is not None:
+            out["target"] = self.target
+        return out
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """Early termination.
+
+    ``source='early_terminate'``: W&B's ``{type: hyperband, …}``; ``options`` keeps ``min_iter``, ``max_iter``,
+    ``s``, ``eta``, ``strict`` as written, with W&B's defaults filled in (eta=3, strict=True).
+    ``source='pruner'``: ours; ``type`` is median|percentile|successive_halving|hyperband and ``options`` are
+    the keyword arguments of the matching ``optuna.pruners`` class (see :meth:`build`).
+    """
+
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+    source: Literal["early_terminate", "pruner"] = "pruner"
+
+    def build(self) -> Any:
+        """The ``optuna.pruners`` object of an ours-style pruner (``source='pruner'``)."""
+        if self.source != "pruner":
+            raise ValueError("W&B early_terminate is mapped to a pruner by the scheduler, not by the spec")
+        from orchestrator.spec.loader import optuna_pruner_class
+
+        return optuna_pruner_class(self.type)(**self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "source": self.source, **self.options}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """One validated sweep. Exactly one of ``experiment`` / (``program`` and/or ``command``) is usually set;
+    a W&B file with neither (run by W&B with ``wandb.agent(function=…)``) loads, with a notice, but cannot
+    launch."""
+
+    name: str
+    method: Literal["grid", "random", "bayes"]
+    metric: MetricSpec | None
+    parameters: ParamSpace
+    experiment: str | None = None
+    program: str | None = None
+    command: list[str] | None = None
+    pruner: PrunerSpec | None = None
+    run_cap: int | None = None
+    retries: int = 1
+    project: str | None = None
+    entity: str | None = None
+    description: str | None = None
+    file: str | None = None
+    line: int | None = None
+    wandb: str = "auto"
+    data_root: str | None = None
+
+    @property
+    def early_terminate(self) -> PrunerSpec | None:
+        """Alias of ``pruner`` (the name docs/interfaces.md uses)."""
+        return self.pruner
+
+    @property
+    def runnable(self) -> bool:
+        """Whether orchestrate can start a trial of it (an experiment, a program or a command)."""
+        return bool(self.experiment or self.program or self.command)
+
+    def trials(self) -> int | None:
+        """Planned trials: the grid size (capped by run_cap), else run_cap, else None (unbounded)."""
+        if self.method == "grid":
+            size = self.parameters.grid_size()
+            return min(size, self.run_cap) if self.run_cap is not None else size
+        return self.run_cap
+
+    def describe(self) -> dict[str, Any]:
+        """The dry-run plan entry: ``{"name", "method", "trials", "parameters", …}`` (JSON-friendly)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "method": self.method,
+            "trials": self.trials(),
+            "parameters": self.parameters.describe(),
+        }
+        if self.metric is not None:
+            out["metric"] = self.metric.to_dict()
+        if self.pruner is not None:
+            out["pruner"] = self.pruner.to_dict()
+        if self.experiment:
+            out["experiment"] = self.experiment
+        if self.program:
+            out["program"] = self.program
+        if self.command:
+            out["command"] = list(self.command)
+        if self.run_cap is not None:
+            out["run_cap"] = self.run_cap
+        return out
+
+
+@dataclass
+class SweepFile:
+    """A loaded sweeps file: shared defaults, the sweeps in file order, and one-line notices."""
+
+    path: Path
+    defaults: Defaults
+    sweeps: list[SweepSpec]
+    notices: list[str] = field(default_factory=list)
+
+    def get(self, name: str) -> SweepSpec:
+        for sweep in self.sweeps:
+            if sweep.name == name:
+                return sweep
+        raise KeyError(name)
+
+    def describe(self) -> dict[str, Any]:
+        """The ``--dry-run --format json`` plan: ``{"sweeps": [...]}``."""
+        return {"sweeps": [s.describe() for s in self.sweeps]}

@@ -1,0 +1,1 @@
+"""Stand-in experiment for tests: load_sweeps only checks that the file exists."""

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backbones import create_backbone, data_config, freeze, param_groups, unfreeze
+
+
+def _trainable(m: torch.nn.Module) -> set[str]:
+    return {n for n, p in m.named_parameters() if p.requires_grad}
+
+
+def test_freeze_specs_resnet18() -> None:
+    m = create_backbone("resnet18", 3)
+    n_all = len(list(m.parameters()))
+    freeze(m, "backbone")
+    assert _trainable(m) == {"fc.weight", "fc.bias"}
+    freeze(m, "until:layer2")
+    tr = _trainable(m)
+    assert not any(n.startswith(("conv1", "bn1", "layer1.", "layer2.")) for n in tr)
+    assert {n for n, _ in m.named_parameters() if n.startswith(("layer3.", "layer4.", "fc."))} == tr
+    freeze(m, "none")
+    assert len(_trainable(m)) == n_all
+    freeze(m, "backbone")
+    unfreeze(m)
+    assert len(_trainable(m)) == n_all
+    with pytest.raises(ValueError, match="layer2"):  # lists the module names
+        freeze(m, "until:layer9")
+    with pytest.raises(ValueError):
+        freeze(m, "everything")
+
+
+def test_freeze_ours_and_multihead() -> None:
+    lh = create_backbone("levi_hassner", {"gender": 2, "age_group": 8}, img_size=64)
+    freeze(lh, "until:conv2")
+    assert _trainable(lh) == {n for n, _ in lh.named_parameters() if not n.startswith(("conv1.", "conv2."))}
+    freeze(lh, "backbone")
+    assert _trainable(lh) == {f"head.{t}.{w}" for t in ("gender", "age_group") for w in ("weight", "bias")}
+    mh = create_backbone("mobilenetv2_100", {"gender": 2})
+    freeze(mh, "backbone")
+    assert _trainable(mh) == {"heads.gender.weight", "heads.gender.bias"}
+    mb = create_backbone(
+        "multi_branch_cnn", {"age": 1, "gender": 2}, img_size=64, trunk_channels=(8,), branch_channels=(8,)
+    )
+    freeze(mb, "backbone")
+    assert _trainable(mb) == {f"branches.{t}.head.{w}" for t in ("age", "gender") for w in ("weight", "bias")}
+    freeze(mb, "until:trunk")
+    assert not any(n.startswith("trunk.") for n in _trainable(mb)) and any(
+        n.startswith("branches.age.convs") for n in _trainable(mb)
+    )
+
+
+def test_param_groups() -> None:
+    m = create_backbone("resnet18", 3)
+    groups = param_groups(m, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05)
+    by = {g["name"]: g for g in groups}
+    assert set(by) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
+    assert by["backbone"]["lr"] == pytest.approx(1e-4) and by["head"]["lr"] == pytest.approx(1e-3)
+    assert by["backbone"]["weight_decay"] == 0.05 and by["backbone_no_decay"]["weight_decay"] == 0.0
+    assert [p.shape for p in by["head"]["params"]] == [torch.Size([3, 512])]
+    n = sum(len(g["params"]) for g in groups)
+    assert n == len(list(m.parameters()))
+    opt = torch.optim.SGD(groups, lr=1.0)
+    assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([1e-4, 1e-3])
+    freeze(m, "backbone")
+    assert {g["name"] for g in param_groups(m, lr=1e-3)} == {"head", "head_no_decay"}
+    all_decay = param_groups(unfreeze(m), lr=1e-3, weight_decay=0.1, no_decay_1d=False)
+    assert {g["name"] for g in all_decay} == {"backbone", "head"}
+
+
+def test_data_config_timm_from_model() -> None:
+    m = create_backbone("resnet18", 2)
+    cfg = data_config(m)
+    assert cfg["input_size"] == tuple(m.pretrained_cfg["input_size"])
+    assert cfg["mean"] == pytest.approx(m.pretrained_cfg["mean"]) and cfg["std"] == pytest.approx(
+        m.pretrained_cfg["std"]
+    )
+    assert cfg["interpolation"] == m.pretrained_cfg["interpolation"]
+    assert data_config(create_backbone("resnet18", {"g": 2})) == cfg
+    assert data_config(create_backbone("resnet18", 2, in_chans=1))["input_size"][0] == 1
+    mb = data_config(create_backbone("multi_branch_cnn", {"age": 1}))
+    assert (
+        mb["input_size"] == (3, 128, 128) and mb["mean"] == (0.0, 0.0, 0.0) and mb["std"] == (1.0, 1.0, 1.0)
+    )

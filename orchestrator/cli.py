@@ -1,0 +1,376 @@
+"""The command line: thin typer commands over domain code that raises; errors are rendered here.
+
+Exit codes: 0 success; 1 a run-time failure; 2 bad input (spec, arguments, missing data) — one clear message,
+no traceback (``--debug`` shows it); 130 when interrupted (the message says how to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.errors import OrchestrateError, UsageError
+
+app = typer.Typer(
+    name="orchestrate",
+    help="Run hyperparameter sweeps of face-attribute CNNs on every free GPU, with Optuna pruning and W&B logging.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(
+    help="Synthesise or check face datasets in their real on-disk layouts.", no_args_is_help=True
+)
+app.add_typer(datasets_app, name="datasets")
+
+_DEBUG = False
+
+
+class PlanFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+class TableFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    markdown = "markdown"
+
+
+def _err_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, no_color=not sys.stderr.isatty(), highlight=False)
+
+
+def _fail(exc: BaseException) -> None:
+    if _DEBUG:
+        raise exc
+    if isinstance(exc, OrchestrateError):
+        _err_console().print(f"[bold red]error:[/] {exc.render()}", markup=True, highlight=False)
+        raise typer.Exit(exc.exit_code)
+    raise exc
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    global _DEBUG
+    _DEBUG = debug
+
+
+# --------------------------------------------------------------------------------------------- launch
+@app.command()
+def launch(
+    file: Annotated[Path, typer.Argument(help="Sweep file (ours, or a W&B sweep file).")],
+    sweep: Annotated[
+        list[str] | None, typer.Option("--sweep", help="Run only these sweeps (repeatable).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and print the plan; start nothing.")
+    ] = False,
+    fmt: Annotated[
+        PlanFormat, typer.Option("--format", help="Plan format for --dry-run.")
+    ] = PlanFormat.table,
+    slots: Annotated[
+        str | None, typer.Option(help="auto, cpu:N, gpu:0,1, gpu:0x2 (default: the file's, else auto).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL (default: the file's, else sqlite:///runs/orchestrate.db)."),
+    ] = None,
+    runs_dir: Annotated[
+        Path | None, typer.Option("--runs-dir", help="Where run directories go (default runs/).")
+    ] = None,
+    max_trials: Annotated[
+        int | None, typer.Option("--max-trials", min=1, help="Stop each sweep after N finished trials.")
+    ] = None,
+    no_wandb: Annotated[bool, typer.Option("--no-wandb", help="Disable W&B logging.")] = False,
+    plain: Annotated[
+        bool | None,
+        typer.Option("--plain/--live", help="Plain log lines or a live table (default: live on a terminal)."),
+    ] = None,
+) -> None:
+    """Run the sweeps in FILE, resuming whatever the storage already holds."""
+    try:
+        code = _launch(file, sweep, dry_run, fmt.value, slots, storage, runs_dir, max_trials, no_wandb, plain)
+    except (OrchestrateError, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise typer.Exit(130) from None
+        _fail(exc)
+        return
+    raise typer.Exit(code)
+
+
+def _select(sweeps: list[Any], names: list[str] | None, file: Path) -> list[Any]:
+    if not names:
+        return sweeps
+    known = [s.name for s in sweeps]
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise UsageError(
+            f"{file}: no sweep named {', '.join(map(repr, missing))}",
+            hint="sweeps in the file: " + ", ".join(known),
+        )
+    return [s for s in sweeps if s.name in names]
+
+
+def _launch(
+    file: Path,
+    names: list[str] | None,
+    dry_run: bool,
+    fmt: str,
+    slots_opt: str | None,
+    storage_opt: str | None,
+    runs_dir_opt: Path | None,
+    max_trials: int | None,
+    no_wandb: bool,
+    plain: bool | None,
+) -> int:
+    from orchestrator.spec import load_sweeps
+    from orchestrator.validate import validate_experiments
+
+    if not file.exists():
+        raise UsageError(f"{file}: no such sweep file", hint="pass the path of a sweeps.yaml (see README)")
+    sweep_file = load_sweeps(file)
+    specs = _select(sweep_file.sweeps, names, file)
+    validate_experiments(specs)
+    for notice in getattr(sweep_file, "notices", []) or []:
+        _err_console().print(f"note: {notice}", markup=False)
+    if dry_run:
+        plan = {"sweeps": [s.describe() for s in specs]}
+        if fmt == "json":
+            typer.echo(json.dumps(plan, indent=2, default=str))
+        else:
+            _print_plan(plan)
+        return 0
+
+    from orchestrator.live import make_display
+    from orchestrator.scheduler import Controller, LaunchOptions
+    from orchestrator.slots import parse_slots
+    from orchestrator.wandb_env import resolve_mode
+
+    defaults = sweep_file.defaults
+    opts = LaunchOptions(
+        storage=storage_opt or getattr(defaults, "storage", None) or "sqlite:///runs/orchestrate.db",
+        runs_dir=runs_dir_opt or Path(getattr(defaults, "runs_dir", None) or "runs"),
+        slots=parse_slots(slots_opt or getattr(defaults, "slots", None) or "auto"),
+        max_trials=max_trials,
+        wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
+    )
+    _check_writable(opts.runs_dir)
+    display = make_display(plain)
+    display.message(
+        f"launch {file}: {len(specs)} sweep(s) on {len(opts.slots)} slot(s) "
+        f"[{', '.join(s.id for s in opts.slots)}], storage {opts.storage}, W&B {opts.wandb_mode}"
+    )
+    controller = Controller(specs, opts, display)
+    try:
+        outcome = controller.run()
+    finally:
+        display.close()
+    for name, c in outcome.counts.items():
+        display.message(
+            f"[{name}] {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
+            + (f" ({c['retried']} retried)" if c["retried"] else "")
+            + (f", {c['recovered']} recovered from a dead controller" if c["recovered"] else "")
+        )
+    display.message(
+        f"wall {outcome.wall_s:.1f}s, slot utilisation {outcome.utilisation:.2f} "
+        f"(sum of trial durations / (slots × wall time))"
+    )
+    if outcome.interrupted:
+        display.message(
+            f"interrupted: run `orchestrate launch {file}` again to resume (finished trials are kept)"
+        )
+        return 130
+    display.message(f"see `orchestrate leaderboard --storage {opts.storage}`")
+    return 0
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"runs directory {path} is not writable: {exc.strerror}", hint="pass --runs-dir DIR"
+        ) from exc
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(no_color=not sys.stdout.isatty())
+    table = Table(title="plan (nothing started)")
+    for col in ("sweep", "method", "trials", "parameters"):
+        table.add_column(col)
+    for s in plan["sweeps"]:
+        params = s.get("parameters") or {}
+        table.add_row(
+            s["name"],
+            s["method"],
+            "unbounded" if s.get("trials") is None else str(s["trials"]),
+            ", ".join(params) if isinstance(params, dict) else str(params),
+        )
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------------------- leaderboard
+@app.command()
+def leaderboard(
+    storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///runs/orchestrate.db",
+    sweep: Annotated[
+        list[str] | None, typer.Option("--sweep", help="Only these sweeps (repeatable).")
+    ] = None,
+    top: Annotated[int | None, typer.Option(min=1, help="Show the best N per sweep.")] = None,
+    group_by: Annotated[
+        str | None, typer.Option("--group-by", help="Best trial per value of PARAM, with mean ± std.")
+    ] = None,
+    state: Annotated[
+        list[str] | None, typer.Option("--state", help="COMPLETE, PRUNED, FAIL, RUNNING (repeatable).")
+    ] = None,
+    where: Annotated[
+        list[str] | None, typer.Option("--where", help="Filter, e.g. 'lr<1e-3' (repeatable).")
+    ] = None,
+    columns: Annotated[str | None, typer.Option(help="Comma-separated columns to show.")] = None,
+    fmt: Annotated[
+        TableFormat, typer.Option("--format", help="table, csv, json or markdown.")
+    ] = TableFormat.table,
+) -> None:
+    """The best trials of each sweep in the storage."""
+    from orchestrator import leaderboard as lb
+
+    try:
+        _require_storage(storage)
+        tables = lb.build(storage, sweep, top, state, where, group_by)
+        wanted = [c.strip() for c in columns.split(",")] if columns else None
+        if fmt == TableFormat.table:
+            lb.print_tables(tables, wanted, plain=not sys.stdout.isatty())
+        else:
+            typer.echo(lb.render(tables, fmt.value, wanted), nl=False)
+    except OrchestrateError as exc:
+        _fail(exc)
+
+
+def _require_storage(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not path.exists():
+            raise UsageError(
+                f"no storage at {path}",
+                hint="run `orchestrate launch sweeps.yaml` first, or pass --storage URL",
+            )
+
+
+# ----------------------------------------------------------------------------------------------- status
+@app.command()
+def status(
+    storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///runs/orchestrate.db",
+    sweep: Annotated[list[str] | None, typer.Option("--sweep", help="Only these sweeps.")] = None,
+) -> None:
+    """Counts per sweep and the trials running now (works while a launch runs, or after it died)."""
+    from orchestrator import leaderboard as lb
+    from orchestrator import storage as st
+
+    try:
+        _require_storage(storage)
+        tables = lb.build(storage, sweep)
+    except OrchestrateError as exc:
+        _fail(exc)
+        return
+    for t in tables:
+        counts: dict[str, int] = {}
+        for r in t["rows"]:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        typer.echo(f"{t['sweep']}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+        for r in t["rows"]:
+            if r["state"] == "RUNNING":
+                typer.echo(f"  trial {r['trial']} on {r['slot']}: epoch {r['epochs']} last {r['last']}")
+    del st
+
+
+# ------------------------------------------------------------------------------------------------- sync
+@app.command()
+def sync(
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories are.")] = Path("runs"),
+) -> None:
+    """Upload offline W&B runs (needs `wandb login`)."""
+    import subprocess
+
+    runs = sorted(p for p in runs_dir.glob("*/*/wandb/offline-run-*") if p.is_dir())
+    if not runs:
+        typer.echo(f"no offline W&B runs under {runs_dir}")
+        return
+    code = subprocess.call([sys.executable, "-m", "wandb", "sync", *map(str, runs)])
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------------------------- datasets
+@datasets_app.command("synth")
+def datasets_synth(
+    name: Annotated[str, typer.Argument(help="adience, celeba or utkface")],
+    out: Annotated[Path, typer.Option(help="Output root (the dataset's real layout is written there).")],
+    limit: Annotated[
+        int | None, typer.Option(help="At most N images (default: every row of the label files).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 128,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write synthetic face images in a dataset's real on-disk layout."""
+    _with_project_on_path()
+    try:
+        from datasets.synth import synthesize
+
+        root = synthesize(name, out, limit=limit, size=size, seed=seed)
+        typer.echo(f"wrote synthetic {name} to {root}")
+    except OrchestrateError as exc:
+        _fail(exc)
+
+
+@datasets_app.command("check")
+def datasets_check(
+    name: Annotated[str, typer.Argument(help="adience, celeba or utkface")],
+    root: Annotated[Path, typer.Option(help="Dataset root.")],
+    fmt: Annotated[PlanFormat, typer.Option("--format")] = PlanFormat.table,
+) -> None:
+    """Counts per split/fold and label, and every problem found."""
+    _with_project_on_path()
+    try:
+        from datasets.check import check
+
+        report = check(name, root)
+    except OrchestrateError as exc:
+        _fail(exc)
+        return
+    if fmt == PlanFormat.json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        from rich.console import Console
+        from rich.pretty import Pretty
+
+        Console(no_color=not sys.stdout.isatty()).print(Pretty(report))
+
+
+def _with_project_on_path() -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

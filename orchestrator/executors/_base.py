@@ -1,0 +1,50 @@
+"""What an executor is: it starts a trial's command on a slot and reports lines and the exit as events.
+
+Executors never touch the Optuna study: they put events on the controller's queue, and the controller (one
+thread) decides. Events are tuples ``(kind, job, payload)``:
+
+- ``("event", job, dict)`` — a protocol line (see orchestrator.protocol)
+- ``("exit", job, returncode)`` — the process ended (after its stdout was fully read)
+"""
+
+from __future__ import annotations
+
+import abc
+import queue
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.rundir import RunDir
+from orchestrator.slots import Slot
+
+
+@dataclass
+class Job:
+    """One running trial process."""
+
+    key: str  # unique per launch, e.g. "hp-grid#12"
+    slot: Slot
+    run_dir: RunDir
+    argv: list[str]
+    started: float = field(default_factory=time.time)
+    pid: int | None = None
+    stopping: str | None = None  # why the controller is stopping it: "pruned", "interrupted", "nonfinite"
+    ended: float | None = None
+    handle: Any = None  # executor-specific (Popen)
+
+
+class Executor(abc.ABC):
+    """Starts jobs and stops them; reports through the event queue."""
+
+    def __init__(self, events: queue.Queue[tuple[str, Job, Any]]) -> None:
+        self.events = events
+
+    @abc.abstractmethod
+    def submit(self, job: Job, env: dict[str, str], cwd: Path) -> None:
+        """Start ``job.argv`` on ``job.slot`` (non-blocking)."""
+
+    @abc.abstractmethod
+    def stop(self, job: Job, grace: float = 10.0) -> None:
+        """Ask the job to stop (SIGTERM), and kill it (SIGKILL) after ``grace`` seconds."""

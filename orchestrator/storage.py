@@ -1,0 +1,119 @@
+"""Optuna storage from a URL (Optuna's own ``get_storage`` pattern) and the attribute names we keep on trials."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import RunError, UsageError
+
+DEFAULT_STORAGE = "sqlite:///runs/orchestrate.db"
+
+# User attributes orchestrate writes on every trial (the leaderboard reads them; plain Optuna studies lack them).
+A = "orchestrate."
+ATTR_POINT = A + "point"  # canonical JSON of the flat parameters: the identity of a grid point / retry
+ATTR_PARAMS = A + "params"  # the resolved (nested) parameters the child got
+ATTR_ATTEMPT = A + "attempt"
+ATTR_CONTROLLER = A + "controller"  # host:pid of the controller that runs it
+ATTR_INTERRUPTED = A + "interrupted"  # FAIL because the controller stopped it (not counted as an attempt)
+ATTR_REASON = A + "reason"
+ATTR_STDERR = A + "stderr_tail"
+ATTR_EPOCHS = A + "epochs"
+ATTR_BEST_STEP = A + "best_step"
+ATTR_LAST_VALUE = A + "last_value"
+ATTR_DURATION = A + "duration_s"
+ATTR_RUN_DIR = A + "run_dir"
+ATTR_SLOT = A + "slot"
+ATTR_HOST = A + "host"
+ATTR_SUMMARY = A + "summary"
+ATTR_WANDB = A + "wandb_run"
+ATTR_NO_METRIC = A + "no_metric"
+ATTR_METRIC = A + "metric"  # study-level: {"name", "goal"}
+ATTR_SPEC = A + "spec"  # study-level: the sweep as described by --dry-run
+
+
+def _ensure_sqlite_parent(url: str) -> None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        path = url[len(prefix) :]
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def get_storage(url: str | None = None) -> Any:
+    """Turn a URL into an Optuna storage.
+
+    - ``sqlite:///runs/orchestrate.db`` (default; relative to the current directory), ``sqlite:////abs/path.db``
+    - ``postgresql://user@host:port/db`` (or ``postgresql+psycopg2://``) for teams sharing one study
+    - ``journal:///path/to/file.log`` for Optuna's append-only journal file
+    """
+    import optuna
+
+    url = url or DEFAULT_STORAGE
+    try:
+        if url.startswith("journal://"):
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            path = url[len("journal://") :]
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(path))
+        if url.startswith("sqlite"):
+            _ensure_sqlite_parent(url)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        if url.startswith(("postgresql", "mysql")):
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg2://" + url[len("postgresql://") :]
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except PermissionError as exc:
+        raise RunError(f"storage {url}: {exc}", hint="check that the runs directory is writable") from exc
+    except Exception as exc:  # sqlalchemy OperationalError etc.: report, don't dump a traceback
+        raise RunError(
+            f"storage {url} cannot be opened: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            hint="check the URL (e.g. sqlite:///runs/orchestrate.db or postgresql://user@host:5432/db) and that the server is up",
+        ) from exc
+    raise UsageError(
+        f"storage URL {url!r} is not supported",
+        hint="use sqlite:///path.db, postgresql://user@host:port/db or journal:///path.log",
+    )
+
+
+def _start_ticks(pid: int) -> str:
+    """The process start time (clock ticks since boot) from /proc, so a recycled PID is not mistaken."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def controller_id() -> str:
+    """``host:pid:start`` of this controller process."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the controller named ``host:pid:start`` still runs (decidable on this host only).
+
+    The current process counts as dead: a trial it left RUNNING belongs to an earlier, finished launch.
+    """
+    import socket
+
+    if not owner or owner.count(":") < 2:
+        return False
+    host, pid_s, start = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True  # another machine's controller sharing the storage: not ours to judge
+    try:
+        pid = int(pid_s)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    if pid == os.getpid():
+        return False
+    return _start_ticks(pid) == start

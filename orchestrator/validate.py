@@ -1,0 +1,70 @@
+"""Check a sweep's parameters against its built-in experiment's config before anything starts.
+
+The experiment's typed defaults live in ``experiments/config.py`` (no torch import), so the controller can
+reject an unknown key or a wrongly typed value with the file, line and key — before any trial runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import SpecError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_POINTS = 500
+
+
+def _experiments_config() -> Any:
+    root = str(PROJECT_ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("experiments.config")
+
+
+def candidate_points(space: Any, method: str, n: int = 20) -> list[dict[str, Any]]:
+    """Parameter points that exercise every value of a sweep: the grid, or a few random samples."""
+    if method == "grid":
+        return list(space.grid()[:MAX_POINTS])
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    points = []
+    for _ in range(n):
+        trial = study.ask()
+        points.append(space.sample(trial, grid=False))
+        study.tell(trial, 0.0)
+    return points
+
+
+def validate_experiments(specs: list[Any]) -> None:
+    for spec in specs:
+        if not getattr(spec, "experiment", None):
+            continue
+        config = _experiments_config()
+        for flat in candidate_points(spec.parameters, spec.method):
+            try:
+                config.validate(spec.experiment, spec.parameters.nest(flat))
+            except SpecError as exc:
+                key = exc.key or ""
+                raise SpecError(
+                    exc.detail,
+                    file=spec.file,
+                    line=_param_line(spec, key),
+                    key=f"{_where(spec)}.parameters.{key}" if key else _where(spec),
+                    hint=exc.hint,
+                ) from None
+
+
+def _where(spec: Any) -> str:
+    return str(getattr(spec, "key", None) or f"sweep {spec.name!r}")
+
+
+def _param_line(spec: Any, key: str) -> int | None:
+    lines = getattr(spec.parameters, "lines", None)
+    if isinstance(lines, dict) and key in lines:
+        return int(lines[key])
+    return getattr(spec, "line", None)

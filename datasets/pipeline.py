@@ -1,0 +1,317 @@
+"""Batches on the device from the decoded uint8 array, with batched augmentation there (imports torch).
+
+    images = datasets.decoded(ds, 128)
+    loader = DeviceLoader(images, ds.labels, splits["train"], batch_size=64, device="cuda", train=True,
+                          input_size=112, mean=cfg["mean"], std=cfg["std"], balance="gender")
+    for x, y in loader:          # x: float32 (B, 3, 112, 112) normalised, on the device; y: {task: tensor}
+        ...
+
+``x`` is NCHW: contiguous for evaluation and flip-only training; with geometric augmentation its memory may be
+channels-last (every torch conv accepts it; call ``.contiguous()`` if a model needs the standard layout).
+
+Augmentation (``train=True``, all per-sample random, batched): horizontal flip, random resized crop / scale,
+aspect and small rotation through one ``affine_grid`` + ``grid_sample`` that also resizes to ``input_size``,
+brightness/contrast jitter, optional greyscale; then normalisation with ``mean``/``std``. Evaluation: resize
+(or a centre crop of ``eval_crop`` then resize) and normalise. On CUDA, batches are gathered into pinned
+memory and copied with ``non_blocking=True``.
+
+Class balancing: ``balance=TASK`` draws each epoch's samples with probability ∝ 1 / class frequency
+(samples with an unknown label get 0); ``class_weights(labels, num_classes)`` gives weights for a weighted loss.
+
+Test-time over-sampling (Levi & Hassner): ``oversample(x, crop)`` → 4 corners + centre and their mirrors
+(10 crops, Caffe's order) and ``average_oversampled(logits)`` averages the softmax over them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Augment:
+    """Training augmentation settings (all applied per sample, batched on the device)."""
+
+    flip: float = 0.5  # probability of a horizontal flip
+    scale: tuple[float, float] = (0.75, 1.0)  # crop side as a fraction of the image (random resized crop)
+    ratio: tuple[float, float] = (0.9, 1.1)  # aspect ratio range of the crop
+    rotate: float = 10.0  # max rotation in degrees (uniform ±)
+    translate: bool = True  # place the crop anywhere inside the image
+    brightness: float = 0.2  # multiplicative jitter ±
+    contrast: float = 0.2  # jitter ±
+    grayscale: float = 0.0  # probability of converting to greyscale
+
+    @classmethod
+    def from_any(cls, v: Augment | Mapping[str, Any] | bool | None) -> Augment | None:
+        if v is None or v is True:
+            return cls()
+        if v is False:
+            return None
+        if isinstance(v, Augment):
+            return v
+        return cls(**dict(v))
+
+    @classmethod
+    def flip_only(cls) -> Augment:
+        return cls(
+            scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate=0.0, translate=False, brightness=0.0, contrast=0.0
+        )
+
+    @property
+    def geometric(self) -> bool:
+        return self.scale != (1.0, 1.0) or self.ratio != (1.0, 1.0) or self.rotate > 0
+
+
+def class_weights(labels: np.ndarray, num_classes: int | None = None) -> torch.Tensor:
+    """``n / (K * count_k)`` per class over the known (>= 0) labels; 0 for absent classes. Float32 (K,)."""
+    labels = np.asarray(labels)
+    known = labels[labels >= 0]
+    k = int(num_classes if num_classes is not None else (known.max(initial=-1) + 1))
+    counts = np.bincount(known, minlength=k).astype(np.float64)[:k]
+    w = np.where(counts > 0, len(known) / (k * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def sample_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-sample weight ∝ 1 / frequency of its class (0 for unknown labels), summing to 1."""
+    labels = np.asarray(labels)
+    w = np.zeros(len(labels), dtype=np.float64)
+    known = labels >= 0
+    if known.any():
+        counts = np.bincount(labels[known])
+        w[known] = 1.0 / counts[labels[known]]
+        w /= w.sum()
+    return w
+
+
+class DeviceLoader:
+    """Iterate ``(x, y)`` batches over ``indices`` of a decoded (N, H, W, 3) uint8 array.
+
+    ``labels``: dict of per-sample arrays (the full dataset's; indexed by ``indices``). ``tasks`` selects which
+    go into ``y`` (default: all numeric ones). ``input_size``: output side (int or (H, W); default the array's).
+    ``balance``: a task name for class-balanced sampling (train only). ``seed``: shuffling/augmentation seed;
+    each epoch (each ``iter``) draws a new permutation.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Mapping[str, np.ndarray],
+        indices: Sequence[int] | np.ndarray,
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        train: bool = False,
+        *,
+        input_size: int | tuple[int, int] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        augment: Augment | Mapping[str, Any] | bool | None = None,
+        tasks: Sequence[str] | None = None,
+        balance: str | None = None,
+        drop_last: bool | None = None,
+        eval_crop: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.images = images
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.train = train
+        h, w = images.shape[1:3]
+        if input_size is None:
+            input_size = (h, w)
+        self.out_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._scale = 1.0 / (255.0 * self.std)
+        self._shift = self.mean / self.std
+        self.augment = Augment.from_any(augment) if train else None
+        if tasks is None:
+            tasks = [
+                k for k, v in labels.items() if np.asarray(v).dtype.kind in "iuf" and len(v) == len(images)
+            ]
+        self.labels = {t: np.asarray(labels[t]) for t in tasks}
+        self.balance = balance if train else None
+        self._weights = sample_weights(np.asarray(labels[balance])[self.indices]) if self.balance else None
+        self.drop_last = train if drop_last is None else drop_last
+        self.eval_crop = eval_crop
+        self.seed = seed
+        self.epoch = 0
+        self.pin = self.device.type == "cuda"
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def class_weights(self, task: str, num_classes: int | None = None) -> torch.Tensor:
+        """Weights for a weighted loss, from this loader's samples, on its device."""
+        return class_weights(self.labels[task][self.indices], num_classes).to(self.device)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _order(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        if not self.train:
+            return self.indices
+        if self._weights is not None:
+            return self.indices[rng.choice(len(self.indices), size=len(self.indices), p=self._weights)]
+        return self.indices[rng.permutation(len(self.indices))]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        order = self._order()
+        n = len(order)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for s in range(0, stop, self.batch_size):
+            idx = order[s : s + self.batch_size]
+            if self.train:  # order inside a training batch is irrelevant: sorted reads are faster
+                idx = np.sort(idx)
+            yield self._batch(idx)
+
+    def _gather(self, idx: np.ndarray) -> torch.Tensor:
+        if len(idx) > 1 and (np.diff(idx) >= 0).all():
+            arr = self.images[idx]
+        else:  # read in file order (memmap locality), then restore the requested order
+            srt = np.sort(idx)
+            arr = self.images[srt][np.searchsorted(srt, idx)]
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        if self.pin:
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=self.pin)
+
+    def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        u8 = self._gather(idx)  # (B, H, W, 3) uint8 on device
+        aug = self.augment
+        if aug is None or not (aug.geometric or aug.brightness or aug.contrast or aug.grayscale):
+            # fast path (eval, or flip only): flip on uint8, normalise in NHWC (contiguous), then resize —
+            # the affine normalisation commutes with (antialiased) bilinear resizing.
+            v = u8.permute(0, 3, 1, 2).contiguous()  # uint8 NCHW (1 byte/px copy; fast per-plane maths)
+            if aug is not None and aug.flip > 0:
+                sel = (
+                    (torch.rand(len(idx), generator=self.gen, device=self.device) < aug.flip)
+                    .nonzero()
+                    .squeeze(1)
+                )
+                if len(sel):
+                    v[sel] = v[sel].flip(-1)
+            x = v.float().mul_(self._scale).sub_(self._shift)
+            x = resize_center(x, self.out_size, 1.0 if aug is not None else self.eval_crop)
+            return x, self._labels(idx)
+        x = u8.permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+        if self.augment is not None:
+            x = augment_batch(x, self.augment, self.out_size, self.gen)
+        else:
+            x = x.float().div_(255.0)
+            x = resize_center(x, self.out_size, self.eval_crop)
+        x = x.sub_(self.mean).div_(self.std)  # in place: x is a fresh tensor
+        return x, self._labels(idx)
+
+    def _labels(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        y = {}
+        for t, v in self.labels.items():
+            a = v[idx]
+            tt = torch.from_numpy(a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int64))
+            y[t] = tt.to(self.device, non_blocking=self.pin)
+        return y
+
+
+def resize_center(x: torch.Tensor, size: tuple[int, int], crop: float = 1.0) -> torch.Tensor:
+    """Centre crop a ``crop`` fraction of each side, then resize (bilinear, antialiased) to ``size``."""
+    h, w = x.shape[-2:]
+    if crop < 1.0:
+        ch, cw = round(h * crop), round(w * crop)
+        t, left = (h - ch) // 2, (w - cw) // 2
+        x = x[..., t : t + ch, left : left + cw]
+        h, w = ch, cw
+    if (h, w) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def augment_batch(
+    x: torch.Tensor, aug: Augment, size: tuple[int, int], gen: torch.Generator | None = None
+) -> torch.Tensor:
+    """uint8 (B, 3, H, W) → augmented float in [0, 1] of (B, 3, *size), all on x's device.
+
+    A channels-last uint8 input may be flipped in place (the loader passes its own fresh batch).
+    """
+    b = x.shape[0]
+    dev = x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen, device=dev)
+
+    flip = rand(b) < aug.flip
+    if not aug.geometric:
+        if flip.any():  # flip on uint8 before the float conversion (cheaper), only the chosen samples
+            x = x.clone() if not x.is_contiguous(memory_format=torch.channels_last) else x
+            x[flip] = x[flip].flip(-1)
+        x = x.float().div_(255.0)
+        x = resize_center(x, size)
+    else:
+        x = x.float().div_(255.0)
+        lo, hi = aug.scale
+        s = lo + (hi - lo) * rand(b)  # side fraction
+        lr = math.log(aug.ratio[0]), math.log(aug.ratio[1])
+        r = torch.exp(lr[0] + (lr[1] - lr[0]) * rand(b))
+        sx, sy = s * torch.sqrt(r), s / torch.sqrt(r)
+        sx, sy = sx.clamp(max=1.0), sy.clamp(max=1.0)
+        if aug.translate:
+            tx, ty = (1 - sx) * (2 * rand(b) - 1), (1 - sy) * (2 * rand(b) - 1)
+        else:
+            tx = ty = torch.zeros(b, device=dev)
+        ang = (2 * rand(b) - 1) * math.radians(aug.rotate)
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        fx = torch.where(flip, -1.0, 1.0)
+        theta = torch.stack(
+            [
+                torch.stack([sx * cos * fx, -sy * sin, tx], 1),
+                torch.stack([sx * sin * fx, sy * cos, ty], 1),
+            ],
+            1,
+        )
+        grid = F.affine_grid(theta, [b, 3, *size], align_corners=False)
+        if s.min() < 0.5 and x.shape[-1] > 2 * size[1]:  # large zoom-out: pre-shrink to limit aliasing
+            x = F.interpolate(x, size=(size[0] * 2, size[1] * 2), mode="bilinear", antialias=True)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if aug.brightness > 0 or aug.contrast > 0:
+        br = 1 + aug.brightness * (2 * rand(b, 1, 1, 1) - 1)
+        ct = 1 + aug.contrast * (2 * rand(b, 1, 1, 1) - 1)
+        m = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - m) * ct + m).mul_(br).clamp_(0, 1)
+    if aug.grayscale > 0:
+        g = rand(b) < aug.grayscale
+        if g.any():
+            gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+            x = torch.where(g.view(b, 1, 1, 1), gray, x)
+    return x
+
+
+def oversample(x: torch.Tensor, crop: int | tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) → (B*10, C, ch, cw): per image the 4 corner crops, the centre crop, then their mirrors.
+
+    The order per image follows ``caffe.io.oversample``: top-left, top-right, bottom-left, bottom-right, centre,
+    then the same five flipped. Reshape logits with ``average_oversampled``.
+    """
+    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+    h, w = x.shape[-2:]
+    if ch > h or cw > w:
+        raise ValueError(f"crop {ch}x{cw} larger than the image {h}x{w}")
+    tops = [0, 0, h - ch, h - ch, (h - ch) // 2]
+    lefts = [0, w - cw, 0, w - cw, (w - cw) // 2]
+    crops = [x[..., t : t + ch, c : c + cw] for t, c in zip(tops, lefts, strict=True)]
+    crops += [c.flip(-1) for c in crops]
+    return torch.stack(crops, 1).reshape(-1, x.shape[1], ch, cw)
+
+
+def average_oversampled(logits: torch.Tensor, n_crops: int = 10) -> torch.Tensor:
+    """(B*n_crops, K) logits → (B, K) mean softmax probabilities over the crops of each image."""
+    return logits.softmax(-1).view(-1, n_crops, logits.shape[-1]).mean(1)

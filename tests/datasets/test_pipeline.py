@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from datasets.pipeline import (  # noqa: E402
+    Augment,
+    DeviceLoader,
+    average_oversampled,
+    class_weights,
+    oversample,
+)
+
+
+def _data(n: int = 20, size: int = 16) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    img[0] = 255
+    img[1] = 0
+    labels = {
+        "gender": np.array([0, 1] * (n // 2)),
+        "age_group": np.array([0] * (n - 4) + [1, 2, -1, -1]),
+        "age": np.linspace(1, 80, n).astype(np.float32),
+    }
+    return img, labels
+
+
+def test_eval_batches_shapes_and_normalisation() -> None:
+    img, labels = _data()
+    dl = DeviceLoader(img, labels, np.arange(20), batch_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert len(dl) == 3
+    batches = list(dl)
+    assert [b[0].shape[0] for b in batches] == [8, 8, 4]
+    x, y = batches[0]
+    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
+    assert torch.allclose(x[0], torch.ones(3, 16, 16)) and torch.allclose(x[1], -torch.ones(3, 16, 16))
+    ref = torch.from_numpy(img[2]).permute(2, 0, 1).float() / 255 * 2 - 1
+    assert torch.allclose(x[2], ref, atol=1e-6)
+    assert y["gender"].dtype == torch.int64 and y["age"].dtype == torch.float32
+    assert y["gender"].tolist() == labels["gender"][:8].tolist()
+    x2, _ = next(iter(DeviceLoader(img, labels, [0, 2], batch_size=2, input_size=8)))
+    assert x2.shape == (2, 3, 8, 8)
+
+
+def test_train_augmentation() -> None:
+    img, labels = _data()
+    dl = DeviceLoader(img, labels, np.arange(20), batch_size=6, train=True, input_size=12, seed=1,
+                      augment=Augment(grayscale=0.5), mean=(0, 0, 0), std=(1, 1, 1))  # fmt: skip
+    assert len(dl) == 3  # drop_last in training
+    xs = []
+    for x, y in dl:
+        assert x.shape == (6, 3, 12, 12) and torch.isfinite(x).all()
+        assert x.min() >= 0 and x.max() <= 1
+        assert set(y) == {"gender", "age_group", "age"}
+        xs.append(x)
+    assert sum(x.shape[0] for x in xs) == 18
+    # flip only, p=1: exactly the mirrored eval image
+    flip = Augment(flip=1.0, scale=(1, 1), ratio=(1, 1), rotate=0, translate=False, brightness=0, contrast=0)
+    xa, _ = next(
+        iter(DeviceLoader(img, labels, [3, 3], 2, train=True, augment=flip, mean=(0,) * 3, std=(1,) * 3))
+    )
+    xe, _ = next(iter(DeviceLoader(img, labels, [3, 3], 2, mean=(0,) * 3, std=(1,) * 3)))
+    assert torch.allclose(xa, xe.flip(-1))
+
+
+def test_balanced_sampling_and_class_weights() -> None:
+    labels = {"y": np.array([0] * 90 + [1] * 10 + [-1] * 5)}
+    img = np.zeros((105, 4, 4, 3), dtype=np.uint8)
+    dl = DeviceLoader(img, labels, np.arange(105), 35, train=True, balance="y", augment=False)
+    ys = torch.cat([y["y"] for _, y in dl] + [y["y"] for _, y in dl])
+    assert (ys >= 0).all()
+    assert 0.35 < (ys == 1).float().mean().item() < 0.65
+    w = class_weights(labels["y"], 3)
+    assert w.tolist()[:2] == pytest.approx([100 / (3 * 90), 100 / (3 * 10)]) and w[2] == 0
+    assert dl.class_weights("y", 2).shape == (2,)
+
+
+def test_oversample() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    o = oversample(x, 6)
+    assert o.shape == (20, 3, 6, 6)
+    assert torch.equal(o[0], x[0, :, :6, :6]) and torch.equal(o[1], x[0, :, :6, 2:])
+    assert torch.equal(o[3], x[0, :, 2:, 2:]) and torch.equal(o[4], x[0, :, 1:7, 1:7])
+    assert torch.equal(o[5], o[0].flip(-1)) and torch.equal(o[10], x[1, :, :6, :6])
+    p = average_oversampled(torch.zeros(20, 4))
+    assert p.shape == (2, 4) and torch.allclose(p, torch.full((2, 4), 0.25))

@@ -50,7 +50,7 @@ WANDB_SWEEP_KEYS = (
     "project",
     "entity",
 )
-OUR_SWEEP_KEYS = ("experiment", "pruner", "retries", "wandb", "data_root")
+OUR_SWEEP_KEYS = ("experiment", "pruner", "retries", "wandb", "data_root", "folds", "depends_on", "init_from")
 SWEEP_KEYS = WANDB_SWEEP_KEYS + OUR_SWEEP_KEYS
 #: W&B keys that only mean something to W&B's cloud/launch: accepted, ignored, noticed
 WANDB_ONLY_KEYS = (
@@ -324,6 +324,16 @@ def load_sweeps(path: str | Path, *, experiments_dir: str | Path | None = None) 
             )
         seen[sweep.name] = sweep
         safe_seen[safe] = sweep
+    for i, sweep in enumerate(sweeps):
+        if sweep.depends_on is not None and sweep.depends_on not in seen:
+            ctx.fail(
+                f"depends_on: no sweep named '{sweep.depends_on}' in this file",
+                sweep.line,
+                f"sweeps[{i}].depends_on",
+                hint="sweeps here: " + ", ".join(seen),
+            )
+        if sweep.depends_on == sweep.name:
+            ctx.fail("a sweep cannot depend on itself", sweep.line, f"sweeps[{i}].depends_on")
     return SweepFile(path=path, defaults=defaults, sweeps=sweeps, notices=ctx.notices)
 
 
@@ -479,6 +489,11 @@ def _parse_sweep(
     if description is not None and not isinstance(description, str):
         description = str(description)
     data_root = ctx.string(d, "data_root", prefix)
+    folds = _parse_folds(ctx, d, prefix, experiment, names)
+    depends_on = ctx.string(d, "depends_on", prefix)
+    init_from = _parse_init_from(ctx, d, prefix, depends_on, experiment)
+    if init_from is not None and init_from > 1:
+        space = _with_init_rank(space, init_from, d.line_of("init_from"))
     return SweepSpec(
         name=name,
         method=method,  # type: ignore[arg-type]
@@ -497,7 +512,72 @@ def _parse_sweep(
         line=d.line,
         wandb=_wandb_mode(ctx, d, prefix) or defaults.wandb,
         data_root=data_root if data_root is not None else defaults.data_root,
+        folds=folds,
+        depends_on=depends_on,
+        init_from=init_from,
     )
+
+
+def _parse_folds(
+    ctx: _Ctx, d: LineDict, prefix: str, experiment: str | None, names: dict[str, Param]
+) -> tuple[int, ...] | None:
+    """``folds: [0, 1, 2, 3, 4]``: each trial runs once per fold (the Adience protocol), in parallel."""
+    if "folds" not in d or d["folds"] is None:
+        return None
+    key, line = _key(prefix, "folds"), d.line_of("folds")
+    raw = d["folds"]
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(f, int) and not isinstance(f, bool) for f in raw)
+    ):
+        ctx.fail(
+            "'folds' must be a non-empty list of fold numbers", line, key, hint="e.g. folds: [0, 1, 2, 3, 4]"
+        )
+    if len(set(raw)) != len(raw):
+        ctx.fail("a fold is listed twice", line, key)
+    if experiment is None:
+        ctx.fail(
+            "'folds' needs a built-in experiment", line, key, hint="use 'experiment: train' (it takes 'fold')"
+        )
+    if "fold" in names:
+        ctx.fail(
+            "'fold' is both a parameter and set by 'folds'",
+            names["fold"].line,
+            _key(prefix, "parameters.fold"),
+            hint="remove the 'fold' parameter: 'folds' runs every fold of each configuration",
+        )
+    return tuple(int(f) for f in raw)
+
+
+def _parse_init_from(
+    ctx: _Ctx, d: LineDict, prefix: str, depends_on: str | None, experiment: str | None
+) -> int | None:
+    """``init_from: best`` → 1; ``init_from: {top: k}`` → k (fine-tune from each of the k best checkpoints)."""
+    if "init_from" not in d or d["init_from"] is None:
+        return None
+    key, line = _key(prefix, "init_from"), d.line_of("init_from")
+    if depends_on is None:
+        ctx.fail(
+            "'init_from' needs 'depends_on: <sweep>'",
+            line,
+            key,
+            hint="name the sweep whose checkpoints to start from",
+        )
+    if experiment is None:
+        ctx.fail("'init_from' needs a built-in experiment", line, key, hint="use 'experiment: train'")
+    raw = d["init_from"]
+    if raw == "best":
+        return 1
+    if isinstance(raw, dict) and set(raw) == {"top"} and isinstance(raw["top"], int) and raw["top"] >= 1:
+        return int(raw["top"])
+    ctx.fail("'init_from' must be 'best' or {top: K}", line, key, hint="e.g. init_from: {top: 3}")
+
+
+def _with_init_rank(space: ParamSpace, k: int, line: int | None) -> ParamSpace:
+    """Add ``init_rank`` (1..k): which of the k best checkpoints of the parent sweep a trial starts from."""
+    extra = Param(path=("init_rank",), kind="categorical", line=line, values=tuple(range(1, k + 1)))
+    return ParamSpace([*space.params, extra], file=space.file, key=space.key)
 
 
 def _parse_metric(ctx: _Ctx, d: LineDict, prefix: str) -> MetricSpec | None:

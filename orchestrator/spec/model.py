@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from orchestrator.spec.params import ParamSpace
 
-__all__ = ["Defaults", "MetricSpec", "PrunerSpec", "SweepFile", "SweepSpec", "PRUNER_TYPES", "WANDB_MODES"]
+__all__ = ["Defaults", "HostSpec", "MetricSpec", "PrunerSpec", "SweepFile", "SweepSpec", "PRUNER_TYPES", "WANDB_MODES"]
 
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 #: ``pruner: {type: …}`` values; options are the Optuna pruner's own keyword arguments
@@ -27,6 +27,26 @@ class Defaults:
     wandb: str = "auto"
     retries: int = 1
     data_root: str | None = None
+    hosts: tuple[HostSpec, ...] = ()  # remote boxes (``defaults.hosts:``), reached with the system ssh
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One SSH host of ``defaults.hosts:`` (or of the hosts file it names). See orchestrator/hosts.py."""
+
+    name: str
+    ssh: str  # destination: user@host (or a Host alias of ~/.ssh/config)
+    port: int | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None  # a known_hosts file; host keys are always verified
+    gpus: str | tuple[str, ...] = "auto"  # "auto", "cpu:N", or GPU indices
+    per_gpu: int = 1  # trials per GPU
+    workdir: str = "~/orchestrate"
+    python: str = "python3"  # a command, an interpreter path, or a venv directory
+    cost_per_hour: float | None = None
+    labels: tuple[str, ...] = ()
+    data_roots: tuple[str, ...] = ()  # dataset roots that must exist there (hosts check)
+    line: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,9 @@ class SweepSpec:
     line: int | None = None
     wandb: str = "auto"
     data_root: str | None = None
+    folds: tuple[int, ...] | None = None  # run each configuration once per fold (value = mean over folds)
+    depends_on: str | None = None  # a sweep of the same file that must finish first
+    init_from: int | None = None  # start from the parent's best (1) or top-k checkpoints
 
     @property
     def early_terminate(self) -> PrunerSpec | None:
@@ -136,6 +159,12 @@ class SweepSpec:
             out["command"] = list(self.command)
         if self.run_cap is not None:
             out["run_cap"] = self.run_cap
+        if self.folds is not None:
+            out["folds"] = list(self.folds)
+            out["jobs"] = None if out["trials"] is None else out["trials"] * len(self.folds)
+        if self.depends_on is not None:
+            out["depends_on"] = self.depends_on
+            out["init_from"] = "best" if self.init_from == 1 else {"top": self.init_from}
         return out
 
 

@@ -1,0 +1,59 @@
+"""End to end with the built-in experiment: synthetic Adience in the real layout, real training subprocesses,
+real SQLite, and real offline W&B runs read back from their files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.orchestrator.conftest import load_trials, run_cli, write
+from tests.wandb_files import read_offline_run
+
+pytestmark = pytest.mark.e2e
+
+SWEEP = """
+defaults: {slots: "cpu:2", wandb: offline, retries: 0, project: e2e}
+sweeps:
+  - name: tiny-gender
+    experiment: train
+    method: grid
+    metric: {name: val/acc, goal: maximize}
+    parameters:
+      task: {value: gender}
+      backbone: {value: basic_cnn}
+      backbone_args: {value: {num_layers: 2, base_features: 8, hidden: 16}}
+      image_size: {value: 32}
+      synthetic_limit: {value: 300}
+      synthetic_size: {value: 48}
+      epochs: {value: 2}
+      lr: {values: [0.003, 0.001, 0.0003]}
+"""
+
+
+def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
+    spec = write(tmp_path, "sweeps.yaml", SWEEP)
+    run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
+    trials = load_trials(tmp_path, "tiny-gender")
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        run_dir = Path(t.user_attrs["orchestrate.run_dir"])
+        (wandb_run,) = sorted((run_dir / "wandb").glob("offline-run-*"))
+        assert list(wandb_run.glob("run-*.wandb")), "the offline run's transaction log exists"
+        run = read_offline_run(wandb_run)
+        assert run["run"]["run_id"] == t.user_attrs["orchestrate.wandb_run"]
+        assert run["run"]["run_group"] == "tiny-gender"
+        assert run["run"]["display_name"] == f"tiny-gender-{t.number}"
+        assert run["run"]["project"] == "e2e"
+        assert run["config"]["lr"] == t.params["lr"]
+        epochs = [row for row in run["history"] if "val/acc" in row]
+        assert len(epochs) == len(t.intermediate_values) == 2  # one history row per reported epoch
+        assert [row["val/acc"] for row in epochs] == [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        # the study's value is the summary's best validation accuracy, as the W&B summary keeps it
+        assert t.value == pytest.approx(max(row["val/acc"] for row in epochs))
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["state"] == "COMPLETE" and result["jobs"][0]["wandb_run_id"] == run["run"]["run_id"]
+        assert run["summary"]["val/acc"] == pytest.approx(t.value)  # the W&B summary keeps the best
+        assert (run_dir / "checkpoint_best.pt").exists() and (run_dir / "config.json").exists()

@@ -1,9 +1,9 @@
 """Pruners from a sweep's ``early_terminate`` (W&B) or ``pruner`` (ours): one factory, like Optuna's storages.
 
 ``pruner: {type: median|percentile|successive_halving|hyperband|none, ...}`` takes Optuna's own argument names.
-W&B's ``early_terminate: {type: hyperband, min_iter, max_iter, s, eta}`` maps onto Optuna's Hyperband with
-the same resources (``min_iter`` → ``min_resource``, ``max_iter`` → ``max_resource``, ``eta`` →
-``reduction_factor``).
+W&B's ``early_terminate: {type: hyperband, min_iter, max_iter, s, eta, strict}`` gets W&B's own rule
+(``orchestrator.wandb_hyperband.WandbHyperbandPruner``: W&B's brackets and thresholds over the trials'
+intermediate values), not Optuna's HyperbandPruner, whose brackets and promotion rule differ.
 
 Safe defaults with parallel trials: Optuna's SuccessiveHalving with ``min_resource='auto'`` prunes nothing
 until the first trial finishes and then judges later trials at epoch 1 against values from the end of
@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.errors import SpecError
 
-PRUNER_TYPES = ("none", "median", "percentile", "successive_halving", "hyperband")
+PRUNER_TYPES = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold")
 
 
 def get_pruner(spec: Any | None, *, where: str | None = None) -> Any:
@@ -52,6 +52,8 @@ def get_pruner(spec: Any | None, *, where: str | None = None) -> Any:
         if kind == "hyperband":
             opts.setdefault("min_resource", 1)
             return optuna.pruners.HyperbandPruner(**opts)
+        if kind == "threshold":
+            return optuna.pruners.ThresholdPruner(**opts)
     except TypeError as exc:
         raise SpecError(
             f"bad option for the {kind} pruner: {exc}",
@@ -68,19 +70,19 @@ def get_pruner(spec: Any | None, *, where: str | None = None) -> Any:
 
 
 def _wandb_hyperband(opts: dict[str, Any]) -> Any:
-    import optuna
+    """W&B's own hyperband rule (``orchestrator/wandb_hyperband.py``), not Optuna's HyperbandPruner."""
+    from orchestrator.wandb_hyperband import WandbHyperbandPruner
 
-    eta = float(opts.get("eta", 3))
-    min_iter = opts.get("min_iter")
-    max_iter = opts.get("max_iter")
     s = opts.get("s")
-    if min_iter is None and max_iter is not None and s is not None:
-        # W&B: brackets at max_iter / eta^k for k = s, s-1, ...; the first is the min
-        min_iter = max(1, round(float(max_iter) / eta ** int(s)))
-    if min_iter is None:
-        min_iter = 1
-    return optuna.pruners.HyperbandPruner(
-        min_resource=int(min_iter),
-        max_resource=int(max_iter) if max_iter is not None else "auto",
-        reduction_factor=int(round(eta)),
-    )
+    try:
+        return WandbHyperbandPruner(
+            min_iter=None if opts.get("min_iter") is None else int(opts["min_iter"]),
+            max_iter=None if opts.get("max_iter") is None else int(opts["max_iter"]),
+            s=None if s is None else float(s),
+            eta=float(opts.get("eta", 3)),
+            strict=bool(opts.get("strict", True)),
+        )
+    except ValueError as exc:
+        raise SpecError(
+            str(exc), key="early_terminate", hint="W&B: brackets at min_iter*eta^k or max_iter/eta^k"
+        ) from exc

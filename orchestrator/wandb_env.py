@@ -4,6 +4,19 @@ Every trial is one W&B run. The controller does not call wandb: it gives the chi
 would (project, group = sweep, name, run id, tags, mode, directories) and the child's own ``wandb.init()`` picks
 it up. Offline by default (files under the run directory, ``orchestrate sync`` uploads them later); online when
 the user is logged in; ``--no-wandb`` disables it.
+
+What a W&B agent gives a run (``wandb/wandb_agent.py``: ``Agent._command_run``, ``agents/pyagent.py``), and we
+give too: ``WANDB_RUN_ID``; ``WANDB_SWEEP_PARAM_PATH``, a YAML file ``wandb_version: 1`` + ``{key: {value: v}}``
+of the run's (nested) parameters at ``WANDB_DIR/wandb/sweep-<id>/config-<run id>.yaml`` — ``wandb.init()``
+reads it (``wandb_setup.config`` → ``config_util.dict_from_config_file``) and merges it into ``wandb.config``
+*locked* (user "sweep"), so it wins over the script's own defaults and ``config=`` as under an agent; and
+``WANDB_SWEEP_ID`` (an 8-character id kept in the study, stable across resumes). With a sweep id W&B ignores
+the ``project``, ``entity`` and ``id`` a script passes to ``wandb.init`` (``clear_run_path_if_sweep_or_launch``),
+so the run lands in the sweep's project under our run id, as under an agent. Group and name come from
+``WANDB_RUN_GROUP``/``WANDB_NAME`` (an agent sets neither; a name/group passed to ``wandb.init`` still wins).
+
+``WANDB_SWEEP_ID`` is given to offline (and disabled) runs only: online, W&B's server attaches the run to that
+sweep, which does not exist on the server (orchestrate's sweeps are not W&B server sweeps).
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ import netrc
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 MODES = ("auto", "offline", "online", "disabled")
 
@@ -48,6 +62,32 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
+SWEEP_ID_ATTR = "orchestrate.wandb_sweep_id"  # study user attr holding the sweep's W&B sweep id
+
+
+def new_sweep_id() -> str:
+    """A W&B-style sweep id (8 lowercase alphanumerics)."""
+    return new_run_id()
+
+
+def sweep_param_path(wandb_dir: Path, sweep_id: str, run_id: str) -> Path:
+    """Where a W&B agent writes a run's sweep parameters: ``WANDB_DIR/wandb/sweep-<id>/config-<run>.yaml``."""
+    return Path(wandb_dir) / "wandb" / f"sweep-{sweep_id}" / f"config-{run_id}.yaml"
+
+
+def write_sweep_params(path: Path, params: dict[str, Any]) -> Path:
+    """Write ``params`` (nested) as W&B's agent does (``config_util.save_config_file_from_dict``)."""
+    import yaml
+
+    text = "wandb_version: 1"
+    if params:
+        body = {str(k): {"value": v} for k, v in params.items()}
+        text += "\n\n" + yaml.safe_dump(body, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def child_env(
     *,
     mode: str,
@@ -59,6 +99,8 @@ def child_env(
     run_id: str,
     tags: list[str],
     cache_dir: Path,
+    sweep_id: str | None = None,
+    param_path: Path | None = None,
 ) -> dict[str, str]:
     env = {
         "WANDB_MODE": mode,
@@ -74,6 +116,10 @@ def child_env(
         "WANDB_CACHE_DIR": str(cache_dir / "wandb-cache"),
         "WANDB_ARTIFACT_DIR": str(run_dir / "artifacts"),
     }
+    if param_path is not None:
+        env["WANDB_SWEEP_PARAM_PATH"] = str(param_path)
+    if sweep_id and mode != "online":
+        env["WANDB_SWEEP_ID"] = sweep_id
     if project:
         env["WANDB_PROJECT"] = project
     if entity:

@@ -17,6 +17,7 @@ from orchestrator.pruners import get_pruner
 from orchestrator.rundir import RunDir, atomic_write_json, safe_name
 from orchestrator.slots import parse_slots
 from orchestrator.wandb_env import child_env, resolve_mode
+from orchestrator.wandb_hyperband import WandbHyperbandPruner
 
 
 def test_protocol_round_trip_and_other_lines() -> None:
@@ -81,10 +82,10 @@ def test_pruner_factory() -> None:
     sh = get_pruner(_spec("successive_halving"))
     assert sh._min_resource == 1  # never 'auto': unsafe with parallel trials
     hb = get_pruner(_spec("hyperband", "early_terminate", min_iter=3, eta=3))
-    assert isinstance(hb, optuna.pruners.HyperbandPruner)
-    assert hb._min_resource == 3 and hb._reduction_factor == 3
+    assert isinstance(hb, WandbHyperbandPruner)  # W&B's own rule, not Optuna's HyperbandPruner
+    assert hb.bands[:3] == [3, 9, 27] and hb.eta == 3 and hb.strict is True
     hb2 = get_pruner(_spec("hyperband", "early_terminate", max_iter=27, s=2, eta=3))
-    assert hb2._min_resource == 3 and hb2._max_resource == 27
+    assert hb2.bands == [3, 9]
     with pytest.raises(SpecError):
         get_pruner(_spec("median", bogus=1))
     with pytest.raises(SpecError):

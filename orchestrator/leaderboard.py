@@ -1,7 +1,36 @@
-"""``orchestrate leaderboard``: the best trials per sweep, read from the Optuna storage.
+"""``orchestrate leaderboard``: the tables researchers write by hand, read from the Optuna storage.
 
-Works on any Optuna study: orchestrate's trial attributes (epochs, duration, summary metrics, W&B run) are used
-when present, and the plain Optuna fields (params, value, intermediate values, timestamps) otherwise.
+Reading. For an RDB storage (``sqlite:///…``, ``postgresql://…``, ``mysql://…``) the Optuna tables are read
+directly in a few SQL queries (stdlib ``sqlite3`` for SQLite, SQLAlchemy otherwise): ``study.get_trials()`` builds
+one FrozenTrial at a time and takes many seconds on 10,000 trials. Journal storages, and any RDB whose schema
+differs from the one these queries expect, are read through the Optuna API instead. Works on any Optuna study:
+orchestrate's trial attributes (``orchestrate.*``: epochs, duration, summary metrics, slot, W&B run) are used
+when present, and plain Optuna fields (params, value, intermediate values, timestamps) otherwise.
+
+Columns of a trial row: ``rank``, ``trial``, ``state``, ``value`` (Optuna's objective: the child's summary value,
+e.g. the best epoch's), ``best`` (the best reported epoch value), ``last`` (the last reported value),
+``best_epoch``, the parameters that vary in the sweep, secondary metrics from the child's summary (``val/*``,
+``test/*``), ``epochs``, ``duration_s``, ``gpu_hours``, ``cost``, ``host`` (host/slot), ``attempt`` and ``wandb``
+(``entity/project/runs/id`` when the trial has ``orchestrate.wandb_path``, else the offline run folder, else the
+run id).
+
+Repeats (the grouping rule). Parameters whose last dotted name is one of :data:`REPEAT_PARAMS` (``fold``,
+``seed``, ``repeat``) are *repeats*. Trials whose other parameters are all equal form one *configuration*. When a
+sweep varies a repeat parameter, the leaderboard shows one row per configuration (``--per-trial`` shows trials):
+``value``, ``best``, ``last`` and each metric are the mean over the configuration's COMPLETE trials, with the
+sample standard deviation (n−1) in ``<column>_std`` (rendered ``mean ± std`` in tables), ``n`` completed repeats,
+``trials`` the member trial numbers; ``duration_s``, ``gpu_hours`` and ``cost`` are sums, ``epochs`` the mean.
+
+``--group-by PARAM`` (the architecture-comparison table): per value of PARAM, the best row (configuration, or
+trial when there are no repeats), plus ``group_mean``, ``group_std`` and ``group_n`` over every COMPLETE trial
+with that value.
+
+A trial that runs its folds inside one process (``orchestrate.fold_values``/``fold_std``) shows
+``value ± fold std`` and ``folds``.
+
+GPU-hours: ``slot time (orchestrate.slot_s, else duration) × 1/k`` on a GPU slot shared by k trials (``gpu0.1`` …), 0 on CPU slots. Cost:
+``orchestrate.cost_per_hour`` (price per GPU-hour, from a host inventory) × GPU-hours (× hours on CPU slots);
+blank when the attribute is absent.
 """
 
 from __future__ import annotations
@@ -10,7 +39,11 @@ import csv
 import io
 import json
 import math
-import statistics
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from orchestrator import storage as st
@@ -27,9 +60,316 @@ SECONDARY = (
     "test/one_off",
     "test/f1",
     "test/mae",
+    "test/loss",
 )
+REPEAT_PARAMS = ("fold", "seed", "repeat")
+ATTR_COST = st.A + "cost_per_hour"  # price per GPU-hour of the host (a host inventory writes it)
+ATTR_WANDB_PATH = st.A + "wandb_path"  # entity/project/runs/id of an online run
+ATTR_SLOT_S: str | None = getattr(st, "ATTR_GPU_S", None)  # written by newer controllers
+ATTR_FOLDS: str | None = getattr(st, "ATTR_FOLDS", None)
+ATTR_FOLD_STD: str | None = getattr(st, "ATTR_FOLD_STD", None)
+_SKIP_ATTRS = (st.ATTR_STDERR, st.ATTR_POINT)  # large or unused here: not read by the fast path
+NUMERIC_AGG = ("value", "best", "last", "best_epoch", "epochs")
+SUMMED = ("duration_s", "gpu_hours", "cost")
 
 
+# ----------------------------------------------------------------------------------------------- reading
+@dataclass(slots=True)
+class TrialRec:
+    """One trial as read from the storage (either path)."""
+
+    number: int
+    state: str
+    value: float | None
+    start: datetime | None
+    complete: datetime | None
+    params: dict[str, Any]
+    attrs: dict[str, Any]
+    inter: dict[int, float] = field(
+        default_factory=dict
+    )  # the whole curve: only when loaded with curves=True
+    n_steps: int = 0  # intermediate values reported
+    best_step: int | None = None  # the first step with the best finite intermediate value
+    best: float | None = None
+    last_step: int | None = None
+    last: float | None = None
+
+    def summarise(self, maximize: bool) -> None:
+        """Fill n_steps/best/last from ``inter`` (the Optuna-API path; SQL computes them on the RDB path)."""
+        inter = self.inter
+        self.n_steps = len(inter)
+        if not inter:
+            return
+        self.last_step = max(inter)
+        self.last = inter[self.last_step]
+        finite = [(s, v) for s, v in inter.items() if math.isfinite(v)]
+        if finite:
+            if maximize:
+                self.best_step, self.best = max(finite, key=lambda sv: (sv[1], -sv[0]))
+            else:
+                self.best_step, self.best = min(finite, key=lambda sv: (sv[1], sv[0]))
+
+
+@dataclass
+class StudyData:
+    name: str
+    direction: str  # "maximize" | "minimize"
+    attrs: dict[str, Any]
+    trials: list[TrialRec]
+
+    @property
+    def metric(self) -> str | None:
+        info = self.attrs.get(st.ATTR_METRIC)
+        return info.get("name") if isinstance(info, dict) else None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec = self.attrs.get(st.ATTR_SPEC)
+        return spec if isinstance(spec, dict) else {}
+
+
+def _rdb_kind(url: str) -> str | None:
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return "sqlite"
+    if url.startswith(("postgresql", "mysql")):
+        return "sqlalchemy"
+    return None
+
+
+class _Conn:
+    """A tiny read-only query helper over sqlite3 or SQLAlchemy (named ``:param`` style on both)."""
+
+    def __init__(self, url: str) -> None:
+        self.kind = _rdb_kind(url)
+        if self.kind == "sqlite":
+            import sqlite3
+
+            path = Path(url[len("sqlite:///") :]).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(path)
+            self.db: Any = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        else:
+            import sqlalchemy
+
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg2://" + url[len("postgresql://") :]
+            self.engine = sqlalchemy.create_engine(url)
+            self.db = self.engine.connect()
+            self._text = sqlalchemy.text
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        if self.kind == "sqlite":
+            return list(self.db.execute(sql, params or {}).fetchall())
+        return list(self.db.execute(self._text(sql), params or {}).fetchall())
+
+    def close(self) -> None:
+        self.db.close()
+        if self.kind != "sqlite":
+            self.engine.dispose()
+
+
+_DIST_CACHE: dict[str, tuple[str, list[Any] | None]] = {}
+
+
+def _external(value: float, dist_json: str) -> Any:
+    """An Optuna internal parameter value → the value the user sees (no optuna import)."""
+    kind = _DIST_CACHE.get(dist_json)
+    if kind is None:
+        d = json.loads(dist_json)
+        name = d.get("name", "")
+        attrs = d.get("attributes", {})
+        if "Categorical" in name:
+            kind = ("cat", list(attrs.get("choices", [])))
+        elif "Int" in name:
+            kind = ("int", None)
+        else:
+            kind = ("float", None)
+        _DIST_CACHE[dist_json] = kind
+    if kind[0] == "cat":
+        assert kind[1] is not None
+        return kind[1][int(value)]
+    if kind[0] == "int":
+        return int(value)
+    return float(value)
+
+
+def _dt(v: Any) -> datetime | None:
+    """An RDB datetime (naive UTC, as Optuna stores it) → an aware datetime."""
+    if v is None:
+        return None
+    d = v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d
+
+
+_INF = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
+
+
+def _load_rdb(url: str, names: list[str] | None, curves: bool = False) -> list[StudyData]:
+    conn = _Conn(url)
+    try:
+        studies = conn.rows(
+            "SELECT s.study_id, s.study_name, d.direction FROM studies s "
+            "LEFT JOIN study_directions d ON d.study_id = s.study_id AND d.objective = 0 "
+            "ORDER BY s.study_id"
+        )
+        chosen = [(sid, name, d) for sid, name, d in studies if names is None or name in names]
+        if not chosen:
+            return []
+        ids = {f"s{i}": sid for i, (sid, _, _) in enumerate(chosen)}
+        sin = "(" + ", ".join(f":{k}" for k in ids) + ")"
+        sattrs: dict[int, dict[str, Any]] = {sid: {} for sid in ids.values()}
+        for sid, key, vj in conn.rows(
+            f"SELECT study_id, key, value_json FROM study_user_attributes WHERE study_id IN {sin}", ids
+        ):
+            sattrs[sid][key] = json.loads(vj)
+        recs: dict[int, TrialRec] = {}
+        by_study: dict[int, list[TrialRec]] = {sid: [] for sid in ids.values()}
+        for tid, number, sid, state, ds, dc in conn.rows(
+            "SELECT trial_id, number, study_id, state, datetime_start, datetime_complete FROM trials "
+            f"WHERE study_id IN {sin} ORDER BY number",
+            ids,
+        ):
+            state = state.name if hasattr(state, "name") else str(state)
+            rec = TrialRec(number, state, None, _dt(ds), _dt(dc), {}, {})
+            recs[tid] = rec
+            by_study[sid].append(rec)
+        join = f"JOIN trials t ON t.trial_id = x.trial_id WHERE t.study_id IN {sin}"
+        for tid, value, vtype in conn.rows(
+            f"SELECT x.trial_id, x.value, x.value_type FROM trial_values x {join} AND x.objective = 0", ids
+        ):
+            vtype = getattr(vtype, "name", vtype)
+            recs[tid].value = float(value) if vtype == "FINITE" else _INF.get(str(vtype))
+        for tid, name, value, dj in conn.rows(
+            f"SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json FROM trial_params x {join} "
+            "ORDER BY x.param_id",
+            ids,
+        ):
+            recs[tid].params[name] = _external(value, dj)
+        skip = {f"k{i}": k for i, k in enumerate(_SKIP_ATTRS)}
+        kin = "(" + ", ".join(f":{k}" for k in skip) + ")"
+        if conn.kind == "sqlite":  # one JSON object per trial, built by SQLite, parsed in one call
+            found = conn.rows(
+                "SELECT x.trial_id, '{' || group_concat(json_quote(x.key) || ':' || x.value_json, ',') || '}' "
+                f"FROM trial_user_attributes x {join} AND x.key NOT IN {kin} GROUP BY x.trial_id",
+                ids | skip,
+            )
+            objs = json.loads("[" + ",".join(r[1] for r in found) + "]")
+            for (tid, _), obj in zip(found, objs, strict=True):
+                recs[tid].attrs = obj
+        else:
+            found = conn.rows(
+                "SELECT x.trial_id, x.key, x.value_json "
+                f"FROM trial_user_attributes x {join} AND x.key NOT IN {kin}",
+                ids | skip,
+            )
+            decoded = json.loads(
+                "[" + ",".join(r[2] for r in found) + "]"
+            )  # one parse, not one per attribute
+            for (tid, key, _), value in zip(found, decoded, strict=True):
+                recs[tid].attrs[key] = value
+        for sid, _, direction in chosen:
+            agg = "MAX" if str(getattr(direction, "name", direction)).upper() == "MAXIMIZE" else "MIN"
+            # per trial: count, last step, best value (SQL aggregates), then the rows at the last/best step
+            for tid, step, value, count, last_step, best in conn.rows(
+                "SELECT x.trial_id, x.step, x.intermediate_value, a.n, a.ls, a.bv "
+                "FROM trial_intermediate_values x JOIN ("
+                f"SELECT y.trial_id AS tid, COUNT(*) AS n, MAX(y.step) AS ls, {agg}(y.intermediate_value) AS bv "
+                "FROM trial_intermediate_values y JOIN trials t ON t.trial_id = y.trial_id "
+                "WHERE t.study_id = :sid GROUP BY y.trial_id"
+                ") a ON a.tid = x.trial_id AND (x.step = a.ls OR x.intermediate_value = a.bv)",
+                {"sid": sid},
+            ):
+                rec = recs[tid]
+                rec.n_steps = count
+                if step == last_step:
+                    rec.last_step, rec.last = step, (value if value is not None else math.nan)
+                if best is not None and value == best and (rec.best_step is None or step < rec.best_step):
+                    rec.best_step, rec.best = step, value
+        if curves:
+            for tid, step, value, vtype in conn.rows(
+                "SELECT x.trial_id, x.step, x.intermediate_value, x.intermediate_value_type "
+                f"FROM trial_intermediate_values x {join}",
+                ids,
+            ):
+                if value is None:
+                    vtype = getattr(vtype, "name", vtype)
+                    value = _INF.get(str(vtype), math.nan)
+                recs[tid].inter[step] = value
+    finally:
+        conn.close()
+    out = []
+    for sid, name, direction in chosen:
+        d = getattr(direction, "name", direction) or "MINIMIZE"
+        out.append(StudyData(name, str(d).lower(), sattrs[sid], by_study[sid]))
+    return out
+
+
+def _load_optuna(url: str, names: list[str] | None, curves: bool = True) -> list[StudyData]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = st.get_storage(url)
+    out = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if names is not None and summary.study_name not in names:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = []
+        for t in study.get_trials(deepcopy=False):
+            attrs = {k: v for k, v in t.user_attrs.items() if k not in _SKIP_ATTRS}
+            value = t.values[0] if t.values else None
+            trials.append(
+                TrialRec(
+                    t.number,
+                    t.state.name,
+                    value,
+                    t.datetime_start,
+                    t.datetime_complete,
+                    dict(t.params),
+                    attrs,
+                    dict(t.intermediate_values),
+                )
+            )
+        direction = study.directions[0].name.lower()
+        for rec in trials:
+            rec.summarise(direction == "maximize")
+        out.append(StudyData(summary.study_name, direction, dict(study.user_attrs), trials))
+    return out
+
+
+def study_names(url: str) -> list[str]:
+    if _rdb_kind(url):
+        try:
+            conn = _Conn(url)
+            try:
+                return [r[0] for r in conn.rows("SELECT study_name FROM studies ORDER BY study_id")]
+            finally:
+                conn.close()
+        except Exception:  # noqa: BLE001 - not the schema we know: ask Optuna
+            pass
+    import optuna
+
+    storage = st.get_storage(url)
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load(url: str, names: list[str] | None = None, curves: bool = False) -> list[StudyData]:
+    """Every study (or those named) in the storage, read the fast way when the storage is an RDB.
+
+    ``curves``: also every intermediate value (``TrialRec.inter``); the leaderboard needs only the per-trial
+    summary of them (count, best, last), which SQL computes.
+    """
+    if _rdb_kind(url):
+        try:
+            return _load_rdb(url, names, curves)
+        except FileNotFoundError:
+            raise
+        except Exception:  # noqa: BLE001 - unknown schema version etc.: the Optuna API always works
+            pass
+    return _load_optuna(url, names, curves)
+
+
+# -------------------------------------------------------------------------------------------- trial rows
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
@@ -52,86 +392,247 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def study_rows(study: Any) -> tuple[list[dict[str, Any]], list[str], str, str | None]:
-    """Rows for one study (unranked), the varying parameter names, the direction and the metric name."""
-    direction = study.direction.name.lower()
-    metric_info = study.user_attrs.get(st.ATTR_METRIC) or {}
-    metric_name = metric_info.get("name") if isinstance(metric_info, dict) else None
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _gpu_share(slots: set[str]) -> dict[str, float]:
+    """GPU fraction per slot id: 1 for ``gpu0``, 1/k for shares ``gpu0.0``…``gpu0.{k-1}`` (k = the largest share
+    index seen + 1), 0 for CPU slots (``cpu0``). Ids may carry a host (``box:gpu0``)."""
+    shares: dict[tuple[str, str], int] = {}
+    for s in slots:
+        host, _, local = s.rpartition(":")
+        base, dot, k = local.partition(".")
+        if local.startswith("gpu") and dot and k.isdigit():
+            shares[(host, base)] = max(shares.get((host, base), 1), int(k) + 1)
+    out = {}
+    for s in slots:
+        host, _, local = s.rpartition(":")
+        out[s] = 1.0 / shares.get((host, local.partition(".")[0]), 1) if local.startswith("gpu") else 0.0
+    return out
+
+
+def _metric_keys(summary: dict[str, Any], metric: str | None) -> list[str]:
+    keys = []
+    for k, v in summary.items():
+        if k == metric or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if k in SECONDARY or (
+            k.startswith(("val/", "test/")) and "/precision/" not in k and "/recall/" not in k
+        ):
+            keys.append(k)
+    return keys
+
+
+def trial_rows(sd: StudyData, now: float | None = None) -> list[dict[str, Any]]:
+    """One row per trial (unranked)."""
+    metric = sd.metric
+    now = now if now is not None else time.time()
+    share = _gpu_share({str(t.attrs.get(st.ATTR_SLOT)) for t in sd.trials if t.attrs.get(st.ATTR_SLOT)})
     rows: list[dict[str, Any]] = []
-    for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
+    for t in sd.trials:
+        ua = t.attrs
         params = ua.get(st.ATTR_PARAMS)
         flat = _flatten(params) if isinstance(params, dict) else dict(t.params)
-        inter = t.intermediate_values
-        last = _num(ua.get(st.ATTR_LAST_VALUE))
-        if last is None and inter:
-            last = inter[max(inter)]
-        value = t.value if t.state.name == "COMPLETE" and not ua.get(st.ATTR_NO_METRIC) else None
-        if t.state.name == "PRUNED" and inter:
-            value = None
+        summary = ua.get(st.ATTR_SUMMARY)
+        summary = summary if isinstance(summary, dict) else {}
+        value = t.value if t.state == "COMPLETE" and not ua.get(st.ATTR_NO_METRIC) else None
+        best, best_step, last = t.best, t.best_step, t.last
+        if t.n_steps == 0:
+            best, last = value, value
+            be = _num(summary.get("best_epoch"))
+            best_step = int(be) if be is not None else None
+        lv = _num(ua.get(st.ATTR_LAST_VALUE))
+        if lv is not None:
+            last = lv
         duration = _num(ua.get(st.ATTR_DURATION))
-        if duration is None and t.datetime_start and t.datetime_complete:
-            duration = (t.datetime_complete - t.datetime_start).total_seconds()
+        if duration is None and t.start is not None:
+            if t.complete is not None:
+                duration = max(0.0, t.complete.timestamp() - t.start.timestamp())
+            elif t.state == "RUNNING":
+                duration = max(0.0, now - t.start.timestamp())
         epochs = ua.get(st.ATTR_EPOCHS)
         if epochs is None:
-            epochs = len(inter)
-        best_step = ua.get(st.ATTR_BEST_STEP)
-        if best_step is None and inter:
-            pick = max if direction == "maximize" else min
-            best_step = pick(inter, key=lambda s: inter[s])
+            epochs = t.n_steps
+        slot = ua.get(st.ATTR_SLOT)
+        host = ua.get(st.ATTR_HOST)
+        frac = share.get(str(slot), 0.0) if slot else 0.0
+        slot_s = _num(ua.get(ATTR_SLOT_S)) if ATTR_SLOT_S else None  # slot time of all the trial's jobs
+        busy = slot_s if slot_s is not None else duration
+        gpu_hours = round(busy / 3600 * frac, 4) if busy is not None and slot else None
+        price = _num(ua.get(ATTR_COST))
+        cost = None
+        if price is not None and duration is not None:
+            cost = round(price * duration / 3600 * (frac or 1.0), 4)
         row: dict[str, Any] = {
-            "sweep": study.study_name,
+            "sweep": sd.name,
             "trial": t.number,
-            "state": t.state.name,
+            "state": t.state,
             "value": value,
+            "best": best,
             "last": last,
             "best_epoch": best_step,
             "epochs": epochs,
             "duration_s": round(duration, 1) if duration is not None else None,
+            "gpu_hours": gpu_hours,
+            "cost": cost,
+            "host": (f"{host}/{slot}" if host and host != "local" else slot) if slot else host,
             "attempt": ua.get(st.ATTR_ATTEMPT, 1),
-            "slot": ua.get(st.ATTR_SLOT),
-            "wandb_run": ua.get(st.ATTR_WANDB),
+            "wandb": ua.get(ATTR_WANDB_PATH),
             "reason": ua.get(st.ATTR_REASON),
             "_params": flat,
+            "_run_dir": ua.get(st.ATTR_RUN_DIR),
+            "_wandb_id": ua.get(st.ATTR_WANDB),
         }
-        summary = ua.get(st.ATTR_SUMMARY) or {}
-        for key in SECONDARY:
-            if key in summary and key != metric_name:
-                row[key] = _num(summary[key])
+        for key in _metric_keys(summary, metric):
+            row[key] = float(summary[key])
+        folds = ua.get(ATTR_FOLDS) if ATTR_FOLDS else None
+        if isinstance(folds, dict) and len(folds) > 1 and value is not None:  # folds run inside one trial
+            row["value_std"] = _num(ua.get(ATTR_FOLD_STD)) if ATTR_FOLD_STD else None
+            row["folds"] = len(folds)
         rows.append(row)
-    varying = _varying([r["_params"] for r in rows])
-    return rows, varying, direction, metric_name
+    return rows
 
 
-def _varying(params: list[dict[str, Any]]) -> list[str]:
-    names: list[str] = []
+def varying(params: list[dict[str, Any]]) -> list[str]:
+    """Parameter names whose value differs between trials, in first-seen order."""
+    names: dict[str, None] = {}
     for p in params:
         for k in p:
-            if k not in names:
-                names.append(k)
+            names.setdefault(k, None)
     out = []
     for k in names:
-        seen = {json.dumps(p.get(k), sort_keys=True, default=str) for p in params}
-        if len(seen) > 1:
-            out.append(k)
+        first = object()
+        seen: Any = first
+        for p in params:
+            v = json.dumps(p.get(k), sort_keys=True, default=str)
+            if seen is first:
+                seen = v
+            elif v != seen:
+                out.append(k)
+                break
     return out
 
 
-def rank(rows: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+def is_repeat(name: str) -> bool:
+    return name.rpartition(".")[2] in REPEAT_PARAMS
+
+
+# --------------------------------------------------------------------------------------- ranking, groups
+def _sort_key(direction: str) -> Any:
     sign = -1.0 if direction == "maximize" else 1.0
 
     def key(r: dict[str, Any]) -> tuple[int, float, int]:
-        order = STATE_ORDER.get(r["state"], 9)
-        v = r["value"] if r["value"] is not None else r["last"]
-        v = sign * v if v is not None and math.isfinite(v) else math.inf
+        order = 0 if r.get("n") else STATE_ORDER.get(r["state"], 9)
+        if "n" in r and not r.get("n"):
+            order = max(1, STATE_ORDER.get(r["state"], 9))
+        v = r["value"] if _finite(r["value"]) else r["best"] if _finite(r["best"]) else r["last"]
+        v = sign * v if _finite(v) else math.inf
         return (order, v, r["trial"])
 
-    ranked = sorted(rows, key=key)
+    return key
+
+
+def rank(rows: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    ranked = sorted(rows, key=_sort_key(direction))
     for i, r in enumerate(ranked, 1):
         r["rank"] = i
     return ranked
 
 
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n − 1); ``statistics.stdev`` is exact but 50× slower."""
+    n = len(values)
+    if not n:
+        return None, None
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def aggregate(rows: list[dict[str, Any]], repeat_names: list[str], direction: str) -> list[dict[str, Any]]:
+    """One row per configuration (trials equal in every non-repeat parameter); see the module docstring."""
+    rep = set(repeat_names)
+    buckets: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        p = r["_params"]
+        ident = tuple((k, repr(p[k])) for k in sorted(p) if k not in rep)
+        buckets.setdefault(ident, []).append(r)
+    out = []
+    sort_key = _sort_key(direction)
+    for members in buckets.values():
+        if len(members) > 1:
+            members.sort(key=sort_key)
+        first = members[0]
+        done = [m for m in members if m["state"] == "COMPLETE"]
+        row = dict(first)
+        row["_params"] = {k: v for k, v in first["_params"].items() if k not in rep}
+        row["trials"] = ",".join(str(n) for n in sorted(m["trial"] for m in members))
+        row["n"] = sum(1 for m in done if m["value"] is not None)
+        row["repeats"] = len(members)
+        counts: dict[str, int] = {}
+        for m in members:
+            counts[m["state"]] = counts.get(m["state"], 0) + 1
+        row["state"] = (
+            first["state"] if len(counts) == 1 else " ".join(f"{n} {s.lower()}" for s, n in counts.items())
+        )
+        if len(members) == 1:  # a configuration run once: its own numbers, no spread
+            for col in (*NUMERIC_AGG[:3], *(k for k in first if "/" in k and not k.startswith("_"))):
+                if not _finite(_num(row.get(col))):
+                    row[col] = None
+                row[f"{col}_std"] = None
+            row["_members"] = members
+            out.append(row)
+            continue
+        source = done or members
+        keys = [*NUMERIC_AGG, *(k for k in first if "/" in k and not k.startswith("_"))]
+        for m in members[1:]:
+            keys += [k for k in m if "/" in k and not k.startswith("_") and k not in keys]
+        for col in keys:
+            vals = [float(m[col]) for m in source if _finite(_num(m.get(col)))]
+            mean, std = _mean_std(vals)
+            row[col] = mean
+            if col not in ("best_epoch", "epochs"):
+                row[f"{col}_std"] = std
+        if not done:
+            row["value"] = None
+        if len(members) > 1:
+            for col in SUMMED:
+                vals = [m[col] for m in members if m.get(col) is not None]
+                row[col] = round(sum(vals), 4) if vals else None
+            row["attempt"] = max(int(m.get("attempt") or 1) for m in members)
+            hosts = sorted({str(m["host"]) for m in members if m.get("host")})
+            row["host"] = ",".join(hosts) if hosts else None
+        row["_members"] = members
+        out.append(row)
+    return out
+
+
+def group(
+    rows: list[dict[str, Any]], trial_level: list[dict[str, Any]], param: str, direction: str
+) -> list[dict[str, Any]]:
+    """Best row per value of ``param`` + ``group_mean/std/n`` over every COMPLETE trial with that value."""
+    buckets: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        buckets.setdefault(json.dumps(r["_params"].get(param), sort_keys=True, default=str), []).append(r)
+    by_value: dict[str, list[float]] = {}
+    for r in trial_level:
+        if r["state"] == "COMPLETE" and _finite(r["value"]):
+            key = json.dumps(r["_params"].get(param), sort_keys=True, default=str)
+            by_value.setdefault(key, []).append(float(r["value"]))
+    out = []
+    for key, members in buckets.items():
+        best = dict(rank([dict(m) for m in members], direction)[0])
+        vals = by_value.get(key, [])
+        best["group_mean"], best["group_std"] = _mean_std(vals)
+        best["group_n"] = len(vals)
+        best["configs"] = len(members)
+        out.append(best)
+    return rank(out, direction)
+
+
+# ------------------------------------------------------------------------------------------------ filters
 def _parse_where(expr: str) -> tuple[str, str, str]:
     for op in ("<=", ">=", "!=", "==", "<", ">", "="):
         if op in expr:
@@ -145,23 +646,42 @@ def _matches(row: dict[str, Any], cond: tuple[str, str, str]) -> bool:
     actual = row["_params"].get(name, row.get(name))
     if actual is None:
         return False
-    a: Any = actual
-    b: Any = raw
+    a: Any
+    b: Any
     fa, fb = _num(actual), _num(raw)
     if fa is not None and fb is not None:
         a, b = fa, fb
     else:
-        a, b = str(actual), raw
-    return {
-        "<": lambda: a < b,
-        "<=": lambda: a <= b,
-        ">": lambda: a > b,
-        ">=": lambda: a >= b,
-        "==": lambda: a == b,
-        "!=": lambda: a != b,
-    }[op]()
+        a, b = str(actual).lower(), raw.lower()
+    return bool(
+        {
+            "<": lambda: a < b,
+            "<=": lambda: a <= b,
+            ">": lambda: a > b,
+            ">=": lambda: a >= b,
+            "==": lambda: a == b,
+            "!=": lambda: a != b,
+        }[op]()
+    )
 
 
+def _wandb_cell(row: dict[str, Any]) -> Any:
+    """entity/project/runs/id when known, else the offline run folder, else the run id."""
+    if row.get("wandb"):
+        return row["wandb"]
+    run_dir = row.get("_run_dir")
+    if run_dir:
+        root = os.path.join(run_dir, "wandb")
+        try:
+            found = sorted(p for p in os.listdir(root) if p.startswith(("offline-run-", "run-")))
+        except OSError:
+            found = []
+        if found:
+            return os.path.join(root, found[-1])
+    return row.get("_wandb_id")
+
+
+# --------------------------------------------------------------------------------------------- the build
 def build(
     storage_url: str,
     sweep: list[str] | None = None,
@@ -169,93 +689,156 @@ def build(
     states: list[str] | None = None,
     where: list[str] | None = None,
     group_by: str | None = None,
+    sort: str | None = None,
+    per_trial: bool = False,
+    studies: list[StudyData] | None = None,
 ) -> list[dict[str, Any]]:
-    """One table per sweep: ``[{"sweep", "direction", "metric", "params", "rows"}]``."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = st.get_storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    if sweep:
-        missing = [s for s in sweep if s not in names]
-        if missing:
-            raise UsageError(
-                f"no sweep named {', '.join(map(repr, missing))} in {storage_url}",
-                hint="sweeps there: " + (", ".join(names) or "none yet — run `orchestrate launch` first"),
-            )
-        names = [n for n in names if n in sweep]
+    """One table per sweep: ``{"sweep", "direction", "metric", "params", "repeats", "group_by", "rows"}``."""
+    if studies is None:
+        if sweep:
+            names = study_names(storage_url)
+            missing = [s for s in sweep if s not in names]
+            if missing:
+                raise UsageError(
+                    f"no sweep named {', '.join(map(repr, missing))} in {storage_url}",
+                    hint="sweeps there: " + (", ".join(names) or "none yet — run `orchestrate launch` first"),
+                )
+        studies = load(storage_url, sweep or None)
     conds = [_parse_where(w) for w in where or []]
     wanted = {s.upper() for s in states} if states else None
     tables = []
-    for name in names:
-        study = optuna.load_study(study_name=name, storage=storage)
-        rows, varying, direction, metric = study_rows(study)
+    for sd in studies:
+        all_rows = trial_rows(sd)
+        params = varying([r["_params"] for r in all_rows])
         rows = [
-            r for r in rows if (wanted is None or r["state"] in wanted) and all(_matches(r, c) for c in conds)
+            r
+            for r in all_rows
+            if (wanted is None or r["state"] in wanted) and all(_matches(r, c) for c in conds)
         ]
+        repeats = [p for p in params if is_repeat(p)]
+        trial_level = rows
+        aggregated = bool(repeats) and not per_trial
+        if aggregated:
+            rows = aggregate(rows, repeats, sd.direction)
+            params = [p for p in params if p not in repeats]
         if group_by:
             if rows and not any(group_by in r["_params"] for r in rows):
+                known = sorted({k for r in all_rows for k in r["_params"]})
                 raise UsageError(
-                    f"--group-by {group_by!r}: sweep {name!r} has no such parameter",
-                    hint="parameters: " + ", ".join(sorted({k for r in rows for k in r["_params"]})),
+                    f"--group-by {group_by!r}: sweep {sd.name!r} has no such parameter",
+                    hint="parameters: " + ", ".join(known),
                 )
-            rows = group(rows, group_by, direction)
-            varying = [group_by]
+            rows = group(rows, trial_level, group_by, sd.direction)
+            params = [group_by] + [p for p in params if p != group_by]
         else:
-            rows = rank(rows, direction)
+            rows = rank(rows, sd.direction)
+        if sort:
+            rows = _sorted(rows, sort)
         if top:
             rows = rows[:top]
+        for r in rows:
+            r["wandb"] = _wandb_cell(r)
         tables.append(
-            {"sweep": name, "direction": direction, "metric": metric, "params": varying, "rows": rows}
+            {
+                "sweep": sd.name,
+                "direction": sd.direction,
+                "metric": sd.metric,
+                "params": params,
+                "repeats": repeats,
+                "aggregated": aggregated,
+                "group_by": group_by,
+                "rows": rows,
+            }
         )
     return tables
 
 
-def group(rows: list[dict[str, Any]], param: str, direction: str) -> list[dict[str, Any]]:
-    """Best trial per value of ``param``, with mean ± std of the completed trials' values (repeats, folds)."""
-    buckets: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        key = json.dumps(r["_params"].get(param), sort_keys=True, default=str)
-        buckets.setdefault(key, []).append(r)
-    out = []
-    for members in buckets.values():
-        ranked = rank([dict(m) for m in members], direction)
-        best = dict(ranked[0])
-        values = [m["value"] for m in members if m["state"] == "COMPLETE" and m["value"] is not None]
-        best["n"] = len(values)
-        best["mean"] = statistics.fmean(values) if values else None
-        best["std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
-        out.append(best)
-    return rank(out, direction)
+def _sorted(rows: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
+    desc = spec.startswith("-")
+    col = spec.lstrip("-+")
+    if rows and not any(col in r or col in r["_params"] for r in rows):
+        raise UsageError(
+            f"--sort {spec!r}: no column {col!r}", hint="e.g. --sort duration_s or --sort -val/acc"
+        )
+
+    def key(r: dict[str, Any]) -> tuple[int, Any]:
+        v = r["_params"].get(col, r.get(col))
+        if v is None:
+            return (1, 0)
+        n = _num(v)
+        return (0, (-n if desc else n) if n is not None else str(v))
+
+    present = [r for r in rows if r["_params"].get(col, r.get(col)) is not None]
+    absent = [r for r in rows if r["_params"].get(col, r.get(col)) is None]
+    try:
+        ordered = sorted(present, key=key)
+    except TypeError:
+        ordered = sorted(present, key=lambda r: str(r["_params"].get(col, r.get(col))), reverse=desc)
+    if desc and ordered and _num(ordered[0]["_params"].get(col, ordered[0].get(col))) is None:
+        ordered.reverse()
+    return ordered + absent
 
 
-def _cell(v: Any) -> str:
+# ---------------------------------------------------------------------------------------------- rendering
+def _fmt(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
         return f"{v:.4g}"
     if isinstance(v, (list, dict)):
         return json.dumps(v)
     return str(v)
 
 
+def _raw(v: Any) -> str:
+    """Full precision, for CSV."""
+    if v is None:
+        return ""
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def cell(row: dict[str, Any], col: str, pretty: bool = True) -> str:
+    """The text of one cell; ``pretty`` renders ``mean ± std`` where a std exists (tables, markdown, HTML)."""
+    v = _value(row, col)
+    if pretty:
+        std = row.get(f"{col}_std")
+        if std is not None and v is not None:
+            return f"{_fmt(v)} ± {_fmt(std)}"
+    return _fmt(v)
+
+
 def columns(table: dict[str, Any], wanted: list[str] | None = None) -> list[str]:
     rows = table["rows"]
-    cols = ["rank", "trial", "state", "value", "last", "best_epoch"]
-    if rows and "mean" in rows[0]:
-        cols += ["mean", "std", "n"]
-    cols += [f"param:{p}" for p in table["params"]]
-    for key in SECONDARY:
-        if any(key in r for r in rows):
-            cols.append(key)
-    cols += ["epochs", "duration_s", "attempt", "wandb_run"]
+    cols = []
+    if table.get("group_by"):
+        cols.append(f"param:{table['group_by']}")
+    cols += ["rank", "trials" if table.get("aggregated") else "trial", "state"]
+    if table.get("aggregated"):
+        cols.append("n")
+    cols += ["value", "best", "last", "best_epoch"]
+    if table.get("group_by"):
+        cols += ["group_mean", "group_std", "group_n"]
+    cols += [f"param:{p}" for p in table["params"] if p != table.get("group_by")]
+    seen = {k for r in rows for k in r if "/" in k and not k.startswith("_") and not k.endswith("_std")}
+    cols += [k for k in SECONDARY if k in seen] + sorted(seen - set(SECONDARY))
+    cols += ["epochs", "duration_s", "gpu_hours"]
+    if any(r.get("cost") is not None for r in rows):
+        cols.append("cost")
+    cols += ["host", "attempt", "wandb"]
     if wanted:
-        unknown = [c for c in wanted if c not in cols and f"param:{c}" not in cols]
+        wanted = ["value" if c == table.get("metric") else c for c in wanted]  # the objective by its name
+        extra = {"trial", "trials", "n", "reason", "cost", "group_mean", "group_std", "group_n", "sweep"}
+        unknown = [c for c in wanted if c not in cols and f"param:{c}" not in cols and c not in extra]
         if unknown:
             raise UsageError(
-                f"--columns: unknown column(s) {', '.join(unknown)}", hint="columns: " + ", ".join(cols)
+                f"--columns: unknown column(s) {', '.join(unknown)}",
+                hint="columns: " + ", ".join(c.removeprefix("param:") for c in cols),
             )
-        cols = [c if c in cols else f"param:{c}" for c in wanted]
+        cols = [c if c in cols or c in extra else f"param:{c}" for c in wanted]
     return cols
 
 
@@ -265,66 +848,164 @@ def _value(row: dict[str, Any], col: str) -> Any:
     return row.get(col)
 
 
+def _title(t: dict[str, Any]) -> str:
+    goal = f" — {t['metric']} ({t['direction']})" if t["metric"] else f" ({t['direction']})"
+    extra = ""
+    if t.get("aggregated"):
+        extra = f"; mean ± std over {', '.join(t['repeats'])}"
+    if t.get("group_by"):
+        extra += f"; best per {t['group_by']}"
+    return f"{t['sweep']}{goal}{extra}"
+
+
 def render(tables: list[dict[str, Any]], fmt: str, wanted: list[str] | None = None) -> str:
     if fmt == "json":
         out = []
         for t in tables:
             cols = columns(t, wanted)
+            rows = []
+            for r in t["rows"]:
+                d: dict[str, Any] = {}
+                for c in cols:
+                    name = c.removeprefix("param:")
+                    d[name] = _value(r, c)
+                    if f"{c}_std" in r:
+                        d[f"{name}_std"] = r[f"{c}_std"]
+                d["params"] = r["_params"]
+                rows.append(d)
             out.append(
                 {
                     "sweep": t["sweep"],
                     "direction": t["direction"],
                     "metric": t["metric"],
-                    "rows": [
-                        {c.removeprefix("param:"): _value(r, c) for c in cols} | {"params": r["_params"]}
-                        for r in t["rows"]
-                    ],
+                    "repeats": t["repeats"],
+                    "group_by": t["group_by"],
+                    "rows": rows,
                 }
             )
-        return json.dumps({"sweeps": out}, indent=2, default=str)
+        return json.dumps({"sweeps": out}, indent=2, default=str) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        header_done = False
+        header: list[str] | None = None
         for t in tables:
             cols = columns(t, wanted)
-            if not header_done:
-                writer.writerow(["sweep"] + [c.removeprefix("param:") for c in cols])
-                header_done = True
+            present: set[str] = set().union(*(r.keys() for r in t["rows"]))
+            stds = [c for c in cols if f"{c}_std" in present]
+            names = ["sweep"] + [c.removeprefix("param:") for c in cols] + [f"{c}_std" for c in stds]
+            if header != names:
+                writer.writerow(names)
+                header = names
+            keys = [(c[6:], True) if c.startswith("param:") else (c, False) for c in cols]
+            keys += [(f"{c}_std", False) for c in stds]
+            name = t["sweep"]
             for r in t["rows"]:
-                writer.writerow([t["sweep"]] + [_cell(_value(r, c)) for c in cols])
+                p = r["_params"]
+                writer.writerow([name] + [_raw(p.get(k) if isp else r.get(k)) for k, isp in keys])
         return buf.getvalue()
     if fmt == "markdown":
         parts = []
         for t in tables:
             cols = columns(t, wanted)
-            goal = f" — {t['metric']} ({t['direction']})" if t["metric"] else ""
-            parts.append(f"### {t['sweep']}{goal}\n")
+            parts.append(f"### {_title(t)}\n")
             parts.append("| " + " | ".join(c.removeprefix("param:") for c in cols) + " |")
             parts.append("|" + "---|" * len(cols))
             for r in t["rows"]:
-                parts.append("| " + " | ".join(_cell(_value(r, c)).replace("|", "\\|") for c in cols) + " |")
+                parts.append("| " + " | ".join(cell(r, c).replace("|", "\\|") for c in cols) + " |")
             parts.append("")
         return "\n".join(parts)
+    if fmt in ("table", "plain"):
+        return plain(tables, wanted)
     raise UsageError(f"--format {fmt!r}: use table, csv, json or markdown")
 
 
-def print_tables(tables: list[dict[str, Any]], wanted: list[str] | None = None, plain: bool = False) -> None:
+def plain(tables: list[dict[str, Any]], wanted: list[str] | None = None) -> str:
+    """Aligned plain text (no box drawing, no colour): what a pipe or a log file gets."""
+    if not tables:
+        return "no sweeps in this storage yet — run `orchestrate launch` first\n"
+    parts = []
+    for t in tables:
+        cols = columns(t, wanted)
+        head = [c.removeprefix("param:") for c in cols]
+        body = [[cell(r, c) for c in cols] for r in t["rows"]]
+        widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
+        parts.append(_title(t))
+        parts.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
+        for b in body:
+            parts.append("  ".join(x.ljust(w) for x, w in zip(b, widths, strict=True)).rstrip())
+        parts.append("")
+    return "\n".join(parts)
+
+
+def print_tables(tables: list[dict[str, Any]], wanted: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(no_color=plain, width=200 if plain else None)
+    console = Console()
     if not tables:
         console.print("no sweeps in this storage yet — run `orchestrate launch` first")
     for t in tables:
-        goal = f" — {t['metric']} ({t['direction']})" if t["metric"] else f" ({t['direction']})"
-        table = Table(title=f"{t['sweep']}{goal}", title_justify="left")
+        table = Table(title=_title(t), title_justify="left")
         cols = columns(t, wanted)
         for c in cols:
-            table.add_column(
-                c.removeprefix("param:"), justify="right" if c not in ("state", "wandb_run") else "left"
-            )
+            left = c in ("state", "wandb", "host", "trials") or c.startswith("param:")
+            table.add_column(c.removeprefix("param:"), justify="left" if left else "right", overflow="fold")
         for r in t["rows"]:
-            style = {"PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}.get(r["state"])
-            table.add_row(*[_cell(_value(r, c)) for c in cols], style=style)
+            state = str(r["state"])
+            style = {"PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}.get(state)
+            table.add_row(*[cell(r, c) for c in cols], style=style)
         console.print(table)
+
+
+# ------------------------------------------------------------------------------------------ --source wandb
+def build_wandb(
+    project: str | None,
+    sweep: list[str] | None = None,
+    metric: str | None = None,
+    goal: str = "maximize",
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    """The same tables from a W&B project's runs (group = sweep), through ``wandb.Api()`` (online only).
+
+    Fails fast, before importing wandb, when no W&B credentials are set up (offline machines).
+    """
+    from orchestrator.wandb_env import logged_in
+
+    if not logged_in():
+        raise UsageError(
+            "--source wandb needs W&B credentials, and none are set up on this machine",
+            hint="run `wandb login` (or set WANDB_API_KEY); without them, read the local study "
+            "with the default --source optuna",
+        )
+    if not project:
+        raise UsageError("--source wandb needs --project ENTITY/PROJECT")
+    try:
+        import wandb
+
+        runs = list(wandb.Api(timeout=30).runs(project))
+    except Exception as exc:  # noqa: BLE001 - network, auth, unknown project
+        raise UsageError(f"W&B project {project!r} cannot be read: {exc}") from exc
+    state_map = {"finished": "COMPLETE", "running": "RUNNING", "killed": "PRUNED"}
+    groups: dict[str, list[TrialRec]] = {}
+    for run in runs:
+        summary = {k: v for k, v in dict(run.summary).items() if isinstance(v, (int, float))}
+        name = run.group or "(no group)"
+        members = groups.setdefault(name, [])
+        state = state_map.get(run.state, "FAIL")
+        members.append(
+            TrialRec(
+                len(members),
+                state,
+                _num(summary.get(metric)) if metric and state == "COMPLETE" else None,
+                None,
+                None,
+                _flatten({k: v for k, v in dict(run.config).items() if not k.startswith("_")}),
+                {st.ATTR_SUMMARY: summary, ATTR_WANDB_PATH: "/".join(run.path[:2]) + "/runs/" + run.path[2]},
+            )
+        )
+    studies = [
+        StudyData(name, goal, {st.ATTR_METRIC: {"name": metric, "goal": goal}}, trials)
+        for name, trials in groups.items()
+        if not sweep or name in sweep
+    ]
+    return build("", studies=studies, **kw)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -312,6 +313,16 @@ if resumed:
         protocol.report(h["epoch"], reported(h["metrics"]))
 
 logger = Logger.start(config_mod.to_dict(cfg), rd.path, metric_name, goal, resume=resumed)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """Pruned or interrupted by the controller (SIGTERM): close the W&B run properly, then exit."""
+    logger.finish({"stopped_by": signal.Signals(signum).name}, exit_code=128 + signum)
+    sys.stdout.flush()
+    os._exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _stopped)
 protocol.emit("info", wandb_run=logger.run_path, device=str(device), epochs=cfg.epochs, tasks=task_names)
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,5 +440,7 @@ for t in tasks:
         columns[f"{t.name} pred"] = [t.classes[v] for v in pred[:n_show]]
         columns[f"{t.name} conf"] = [round(float(probs[i].max()), 3) for i in range(n_show)]
 logger.samples("test/predictions", np.asarray(images[splits["test"][:n_show]]), columns)
+logger.wait()
+protocol.emit("info", wandb_run=logger.run_path)  # known now: wandb.init ran beside the first epoch
 logger.finish({**test, **summary})
 print("summary: " + json.dumps(summary, default=str))

@@ -28,6 +28,10 @@ datasets_app = typer.Typer(
     help="Synthesise or check face datasets in their real on-disk layouts.", no_args_is_help=True
 )
 app.add_typer(datasets_app, name="datasets")
+hosts_app = typer.Typer(
+    help="Remote hosts (defaults.hosts in the sweep file) reached over ssh.", no_args_is_help=True
+)
+app.add_typer(hosts_app, name="hosts")
 
 _DEBUG = False
 
@@ -35,6 +39,11 @@ _DEBUG = False
 class PlanFormat(StrEnum):
     table = "table"
     json = "json"
+
+
+class WorkerMode(StrEnum):
+    warm = "warm"
+    fresh = "fresh"
 
 
 class TableFormat(StrEnum):
@@ -54,7 +63,11 @@ def _fail(exc: BaseException) -> None:
     if _DEBUG:
         raise exc
     if isinstance(exc, OrchestrateError):
-        _err_console().print(f"[bold red]error:[/] {exc.render()}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        _err_console().print(
+            f"[bold red]error:[/] {escape(exc.render())}", markup=True, highlight=False, soft_wrap=True
+        )
         raise typer.Exit(exc.exit_code)
     raise exc
 
@@ -92,6 +105,12 @@ def launch(
         int | None, typer.Option("--max-trials", min=1, help="Stop each sweep after N finished trials.")
     ] = None,
     no_wandb: Annotated[bool, typer.Option("--no-wandb", help="Disable W&B logging.")] = False,
+    workers: Annotated[
+        WorkerMode,
+        typer.Option(
+            help="warm: trials fork from a pre-imported worker per slot; fresh: a new process each."
+        ),
+    ] = WorkerMode.warm,
     plain: Annotated[
         bool | None,
         typer.Option("--plain/--live", help="Plain log lines or a live table (default: live on a terminal)."),
@@ -99,7 +118,19 @@ def launch(
 ) -> None:
     """Run the sweeps in FILE, resuming whatever the storage already holds."""
     try:
-        code = _launch(file, sweep, dry_run, fmt.value, slots, storage, runs_dir, max_trials, no_wandb, plain)
+        code = _launch(
+            file,
+            sweep,
+            dry_run,
+            fmt.value,
+            slots,
+            storage,
+            runs_dir,
+            max_trials,
+            no_wandb,
+            plain,
+            workers.value,
+        )
     except (OrchestrateError, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise typer.Exit(130) from None
@@ -132,6 +163,7 @@ def _launch(
     max_trials: int | None,
     no_wandb: bool,
     plain: bool | None,
+    workers: str = "warm",
 ) -> int:
     from orchestrator.spec import load_sweeps
     from orchestrator.validate import validate_experiments
@@ -160,11 +192,24 @@ def _launch(
     opts = LaunchOptions(
         storage=storage_opt or getattr(defaults, "storage", None) or "sqlite:///runs/orchestrate.db",
         runs_dir=runs_dir_opt or Path(getattr(defaults, "runs_dir", None) or "runs"),
-        slots=parse_slots(slots_opt or getattr(defaults, "slots", None) or "auto"),
+        slots=[]
+        if slots_opt == "hosts"
+        else parse_slots(slots_opt or getattr(defaults, "slots", None) or "auto"),
         max_trials=max_trials,
         wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
+        workers=workers,
     )
     _check_writable(opts.runs_dir)
+    if getattr(defaults, "hosts", None):  # remote boxes: their slots too, local ones here, remote over ssh
+        from orchestrator.hosts import inventory_slots
+
+        remote_slots, notes = inventory_slots(defaults.hosts)
+        for note in notes:
+            _err_console().print(f"note: {note}", markup=False)
+        opts.slots += remote_slots
+        opts.hosts, opts.executor = tuple(defaults.hosts), "routed"
+    if not opts.slots:
+        raise UsageError("no slot to run trials on", hint="check the hosts (`orchestrate hosts check FILE`)")
     display = make_display(plain)
     display.message(
         f"launch {file}: {len(specs)} sweep(s) on {len(opts.slots)} slot(s) "
@@ -226,6 +271,11 @@ def _print_plan(plan: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- leaderboard
+class Source(StrEnum):
+    optuna = "optuna"
+    wandb = "wandb"
+
+
 @app.command()
 def leaderboard(
     storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///runs/orchestrate.db",
@@ -234,28 +284,57 @@ def leaderboard(
     ] = None,
     top: Annotated[int | None, typer.Option(min=1, help="Show the best N per sweep.")] = None,
     group_by: Annotated[
-        str | None, typer.Option("--group-by", help="Best trial per value of PARAM, with mean ± std.")
+        str | None,
+        typer.Option("--group-by", help="Best row per value of PARAM (e.g. backbone), with mean ± std."),
     ] = None,
     state: Annotated[
-        list[str] | None, typer.Option("--state", help="COMPLETE, PRUNED, FAIL, RUNNING (repeatable).")
+        list[str] | None,
+        typer.Option("--state", help="COMPLETE, PRUNED, FAIL, RUNNING, WAITING (repeatable)."),
     ] = None,
     where: Annotated[
-        list[str] | None, typer.Option("--where", help="Filter, e.g. 'lr<1e-3' (repeatable).")
+        list[str] | None,
+        typer.Option("--where", help="Filter on a parameter or column, e.g. 'lr<1e-3' (repeatable)."),
+    ] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="Sort by a column or parameter (-NAME: descending); default: rank.")
     ] = None,
     columns: Annotated[str | None, typer.Option(help="Comma-separated columns to show.")] = None,
+    per_trial: Annotated[
+        bool,
+        typer.Option("--per-trial", help="One row per trial even when the sweep repeats folds/seeds."),
+    ] = False,
     fmt: Annotated[
         TableFormat, typer.Option("--format", help="table, csv, json or markdown.")
     ] = TableFormat.table,
+    source: Annotated[
+        Source, typer.Option(help="optuna (the storage) or wandb (a W&B project's runs; online only).")
+    ] = Source.optuna,
+    project: Annotated[str | None, typer.Option(help="ENTITY/PROJECT for --source wandb.")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Objective summary key for --source wandb (e.g. val/acc).")
+    ] = None,
+    goal: Annotated[str, typer.Option(help="maximize or minimize (--source wandb).")] = "maximize",
 ) -> None:
-    """The best trials of each sweep in the storage."""
+    """The best trials of each sweep: objective at best and last epoch, parameters, metrics, cost, W&B run."""
     from orchestrator import leaderboard as lb
 
     try:
-        _require_storage(storage)
-        tables = lb.build(storage, sweep, top, state, where, group_by)
-        wanted = [c.strip() for c in columns.split(",")] if columns else None
-        if fmt == TableFormat.table:
-            lb.print_tables(tables, wanted, plain=not sys.stdout.isatty())
+        opts: dict[str, Any] = {
+            "top": top,
+            "states": state,
+            "where": where,
+            "group_by": group_by,
+            "sort": sort,
+            "per_trial": per_trial,
+        }
+        if source == Source.wandb:
+            tables = lb.build_wandb(project, sweep, metric, goal, **opts)
+        else:
+            _require_storage(storage)
+            tables = lb.build(storage, sweep, **opts)
+        wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+        if fmt == TableFormat.table and sys.stdout.isatty():
+            lb.print_tables(tables, wanted)
         else:
             typer.echo(lb.render(tables, fmt.value, wanted), nl=False)
     except OrchestrateError as exc:
@@ -277,26 +356,47 @@ def _require_storage(url: str) -> None:
 def status(
     storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///runs/orchestrate.db",
     sweep: Annotated[list[str] | None, typer.Option("--sweep", help="Only these sweeps.")] = None,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option("--runs-dir", help="Where run directories are, when the storage's paths moved."),
+    ] = None,
+    fmt: Annotated[PlanFormat, typer.Option("--format", help="table or json.")] = PlanFormat.table,
 ) -> None:
-    """Counts per sweep and the trials running now (works while a launch runs, or after it died)."""
-    from orchestrator import leaderboard as lb
-    from orchestrator import storage as st
+    """Per sweep: counts, queued, running trials (slot, epoch, metric, elapsed), controller alive, ETA, GPU-hours."""
+    import orchestrator.status as status_mod
 
     try:
         _require_storage(storage)
-        tables = lb.build(storage, sweep)
+        report = status_mod.collect(storage, sweep, runs_dir)
     except OrchestrateError as exc:
         _fail(exc)
         return
-    for t in tables:
-        counts: dict[str, int] = {}
-        for r in t["rows"]:
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
-        typer.echo(f"{t['sweep']}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
-        for r in t["rows"]:
-            if r["state"] == "RUNNING":
-                typer.echo(f"  trial {r['trial']} on {r['slot']}: epoch {r['epochs']} last {r['last']}")
-    del st
+    if fmt == PlanFormat.json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        typer.echo(status_mod.render(report), nl=False)
+
+
+# ----------------------------------------------------------------------------------------------- report
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="Folder for report.html, report.md and the SVG charts.")],
+    storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///runs/orchestrate.db",
+    sweep: Annotated[
+        list[str] | None, typer.Option("--sweep", help="Only these sweeps (repeatable).")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Rows in the leaderboard table, curves drawn.")] = 10,
+) -> None:
+    """A self-contained HTML page (and the same as Markdown): tables, curves, importances, pruning summary."""
+    import orchestrator.report as report_mod
+
+    try:
+        _require_storage(storage)
+        page = report_mod.write_report(storage, out, sweep, top=top)
+    except OrchestrateError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"wrote {page} and {page.with_name('report.md')}")
 
 
 # ------------------------------------------------------------------------------------------------- sync
@@ -359,6 +459,40 @@ def datasets_check(
         from rich.pretty import Pretty
 
         Console(no_color=not sys.stdout.isatty()).print(Pretty(report))
+
+
+# ------------------------------------------------------------------------------------------------ hosts
+@hosts_app.command("check")
+def hosts_check(
+    file: Annotated[Path, typer.Argument(help="Sweep file whose defaults.hosts to check.")] = Path(
+        "sweeps.yaml"
+    ),
+    fmt: Annotated[PlanFormat, typer.Option("--format")] = PlanFormat.table,
+) -> None:
+    """Connect to each host: reachable, GPUs, Python and package versions, code version, datasets."""
+    from orchestrator import hosts as hs
+    from orchestrator.spec import load_sweeps
+
+    try:
+        if not file.exists():
+            raise UsageError(f"{file}: no such sweep file", hint="pass the sweep file that lists the hosts")
+        defaults = load_sweeps(file).defaults
+        if not defaults.hosts:
+            raise UsageError(
+                f"{file}: no hosts (defaults.hosts is empty)", hint="add a 'hosts:' list to defaults"
+            )
+        results = hs.check_all(defaults.hosts, data_root=defaults.data_root)
+    except OrchestrateError as exc:
+        _fail(exc)
+        return
+    if fmt == PlanFormat.json:
+        typer.echo(json.dumps(results, indent=2, default=str))
+    else:
+        for r in results:
+            typer.echo(hs.describe(r))
+            for problem in r["problems"]:
+                typer.echo(f"  problem: {r['host']}: {problem}")
+    raise typer.Exit(0 if all(r["ok"] for r in results) else 1)
 
 
 def _with_project_on_path() -> None:

@@ -13,11 +13,13 @@ same parameters until ``retries`` is spent; trials left RUNNING by a controller 
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import queue
 import signal
+import statistics
 import sys
 import time
 from collections import deque
@@ -27,6 +29,7 @@ from typing import Any
 
 from orchestrator import protocol
 from orchestrator import storage as st
+from orchestrator.claims import open_claims
 from orchestrator.errors import RunError
 from orchestrator.executors import Job, get_executor
 from orchestrator.pruners import get_pruner
@@ -35,6 +38,7 @@ from orchestrator.slots import Slot
 from orchestrator.wandb_env import child_env, new_run_id
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ATTR_REMOTE = st.A + "remote"  # where a remote job runs: {"host", "run_dir", "pid"} (per fold)
 
 
 def point_key(flat_params: dict[str, Any]) -> str:
@@ -52,6 +56,8 @@ class LaunchOptions:
     grace: float = 10.0
     cache_dir: Path | None = None
     executor: str = "local"
+    workers: str = "warm"  # warm: fork trials from a pre-imported worker per slot; fresh: a new process each
+    hosts: tuple[Any, ...] = ()  # HostSpec of the remote slots (orchestrator/hosts.py)
 
 
 @dataclass
@@ -79,6 +85,7 @@ class _FixedSampler:
     def __init__(self, base: Any) -> None:
         self.base = base
         self.fixed: dict[str, Any] | None = None
+        self.owner: str | None = None  # this controller's id, written on each new trial before anything else
 
     def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
         if self.fixed is not None:
@@ -98,6 +105,10 @@ class _FixedSampler:
         return self.base.sample_independent(study, trial, name, distribution)
 
     def before_trial(self, study: Any, trial: Any) -> None:
+        if (
+            self.owner
+        ):  # claim the new trial at once: another controller sharing the storage must not recover it
+            study._storage.set_trial_user_attr(trial._trial_id, st.ATTR_CONTROLLER, self.owner)
         self.base.before_trial(study, trial)
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
@@ -108,24 +119,54 @@ class _FixedSampler:
 
 
 @dataclass
+class _Part:
+    """One job of a trial: the whole trial, or one fold of it (``folds:``)."""
+
+    fold: int | None
+    run_dir: RunDir
+    state: str = "pending"  # pending | running | done | failed | skipped
+    job: Job | None = None
+    values: dict[int, float] = field(default_factory=dict)  # step → sweep metric
+    steps: int = 0
+    last_value: float | None = None
+    summary: dict[str, Any] | None = None
+    rc: int | None = None
+    duration: float = 0.0
+    wandb_id: str = ""
+    ready_s: float | None = None  # from the job's start to its first info/metric line (start-up cost)
+
+
+@dataclass
 class _Running:
-    """Controller-side state of one running trial."""
+    """Controller-side state of one running trial (one Optuna trial, one or more jobs)."""
 
     sweep: SweepRunner
     trial: Any  # optuna.Trial
     point: str
-    params: dict[str, Any]  # flat, optuna's view (what a retry re-uses)
+    params: dict[str, Any]  # optuna's view (what a retry re-uses)
     attempt: int
-    job: Job
-    steps: int = 0
-    last_value: float | None = None
+    nested: dict[str, Any]
+    flat: dict[str, Any]
+    run_dir: RunDir
+    parts: list[_Part]
+    started: float = field(default_factory=time.time)
+    stopping: str | None = None  # pruned | interrupted | nonfinite | failed
+    reported: set[int] = field(default_factory=set)
     best_value: float | None = None
     best_step: int | None = None
-    summary: dict[str, Any] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    last_metrics: dict[str, Any] = field(default_factory=dict)
-    wandb_id: str = ""
-    nested: dict[str, Any] = field(default_factory=dict)
+    last_value: float | None = None
+    failed_part: _Part | None = None
+    start_attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.sweep.spec.name}#{self.trial.number}"
+
+    def pending(self) -> list[_Part]:
+        return [p for p in self.parts if p.state == "pending"]
+
+    def running(self) -> list[_Part]:
+        return [p for p in self.parts if p.state == "running"]
 
 
 class SweepRunner:
@@ -145,6 +186,7 @@ class SweepRunner:
         else:
             base = optuna.samplers.RandomSampler()
         self.sampler = _FixedSampler(base)
+        self.sampler.owner = st.controller_id()
         self.pruner = get_pruner(spec.pruner, where=str(spec.file) if getattr(spec, "file", None) else None)
         try:
             self.study = optuna.create_study(
@@ -180,6 +222,12 @@ class SweepRunner:
         self.best: float | None = None
         self.counts = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "recovered": 0}
         self.exhausted = False
+        self.parent: SweepRunner | None = None
+        self.blocked: str | None = None  # why a dependent sweep cannot start (said once)
+        self._storage = storage
+        self._checkpoints: list[str] | None = None
+        self.claims = open_claims(storage, spec.name, st.controller_id())  # shared storage: no point twice
+        self.orphans: list[dict[str, Any]] = []  # remote processes of trials a dead controller left
         self._recover()
 
     # ----- start-up: read the study, work out what is left -----
@@ -189,12 +237,17 @@ class SweepRunner:
 
         points: dict[str, list[Any]] = {}
         for t in self.study.get_trials(deepcopy=False):
-            if t.state == TrialState.RUNNING and not st.owner_alive(t.user_attrs.get(st.ATTR_CONTROLLER)):
+            if (
+                t.state == TrialState.RUNNING
+                and not st.owner_alive(t.user_attrs.get(st.ATTR_CONTROLLER))
+                and not self._just_asked(t)
+            ):
                 storage = self.study._storage
                 storage.set_trial_user_attr(t._trial_id, st.ATTR_INTERRUPTED, True)
                 storage.set_trial_user_attr(t._trial_id, st.ATTR_REASON, "controller died while it ran")
                 storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
                 self.counts["recovered"] += 1
+                self.orphans += [v for k, v in t.user_attrs.items() if k.startswith(ATTR_REMOTE)]
                 t = self.study._storage.get_trial(t._trial_id)
             if t.state == TrialState.WAITING:
                 continue
@@ -230,6 +283,18 @@ class SweepRunner:
                     done.add(key)
                     self.pending.append((self._optuna_params(flat), 1))
 
+    def _just_asked(self, t: Any) -> bool:
+        """A RUNNING trial that a live controller sharing the storage created a moment ago (owner not yet written)."""
+        if (
+            t.user_attrs.get(st.ATTR_CONTROLLER) is not None
+            or t.datetime_start is None
+            or self.claims is None
+        ):
+            return False
+        if (datetime.datetime.now() - t.datetime_start).total_seconds() > 5:
+            return False
+        return self.claims.others_alive()
+
     def _key_of(self, t: Any) -> str:
         """The point of a stored trial; a trial killed before its attributes were written is decoded."""
         key = t.user_attrs.get(st.ATTR_POINT)
@@ -254,6 +319,59 @@ class SweepRunner:
         if better:
             self.best = value
 
+    # ----- two stages: depends_on / init_from -----
+    def attach_parent(self, parent: SweepRunner | None, storage: Any) -> None:
+        """The sweep this one waits for (None: not in this launch; its finished study is read)."""
+        self.parent = parent
+        self._storage = storage
+
+    def _parent_checkpoints(self) -> list[str]:
+        """Best checkpoints of the parent sweep's completed trials, best first."""
+        import optuna
+        from optuna.trial import TrialState
+
+        name = self.spec.depends_on
+        try:
+            study = optuna.load_study(study_name=name, storage=self._storage)
+        except KeyError:
+            return []
+        trials = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and not t.user_attrs.get(st.ATTR_NO_METRIC)
+        ]
+        trials.sort(key=lambda t: float(t.value or 0.0), reverse=study.direction.name == "MAXIMIZE")
+        found = []
+        for t in trials:
+            run_dir = Path(str(t.user_attrs.get(st.ATTR_RUN_DIR, "")))
+            candidates = [run_dir / "checkpoint_best.pt", *sorted(run_dir.glob("fold*/checkpoint_best.pt"))]
+            path = next((c for c in candidates if c.is_file()), None)
+            if path is not None:
+                found.append(str(path))
+        return found
+
+    def dependency_ready(self) -> bool:
+        if not getattr(self.spec, "depends_on", None):
+            return True
+        if self.parent is not None and not self.parent.done():
+            return False
+        if self._checkpoints is None and self.spec.init_from:
+            self._checkpoints = self._parent_checkpoints()
+            need = int(self.spec.init_from)
+            if len(self._checkpoints) < need:
+                self.blocked = (
+                    f"depends on sweep {self.spec.depends_on!r}, which has {len(self._checkpoints)} finished "
+                    f"trial(s) with a checkpoint; init_from needs {need}"
+                )
+        return self.blocked is None
+
+    def init_checkpoint(self, flat: dict[str, Any]) -> str | None:
+        """The checkpoint a fine-tune trial starts from (``init_rank`` picks among the top k)."""
+        if not getattr(self.spec, "init_from", None) or not self._checkpoints:
+            return None
+        rank = int(flat.get("init_rank", 1))
+        return self._checkpoints[min(rank, len(self._checkpoints)) - 1]
+
     # ----- what to run next -----
     def target_reached(self) -> bool:
         if self.metric is None or self.metric.target is None or self.best is None:
@@ -262,7 +380,7 @@ class SweepRunner:
         return self.best >= t if self.metric.goal == "maximize" else self.best <= t
 
     def can_start(self) -> bool:
-        if self.target_reached():
+        if self.target_reached() or not self.dependency_ready():
             return False
         if self.cap is not None and self.finished + self.running >= self.cap:
             return False
@@ -273,8 +391,15 @@ class SweepRunner:
     def done(self) -> bool:
         return self.running == 0 and not self.can_start()
 
+    def _claim(self, fixed: dict[str, Any], attempt: int) -> bool:
+        return self.claims is None or self.claims.claim(point_key(fixed), attempt)
+
     def next_trial(self) -> tuple[Any, dict[str, Any], dict[str, Any], int] | None:
         """Ask Optuna for the next trial: (trial, optuna params, flat values, attempt)."""
+        if not self.can_start():
+            return None
+        while self.pending and not self._claim(*self.pending[0]):
+            self.pending.popleft()  # another controller sharing the storage runs this point
         if not self.can_start():
             return None
         if self.pending:
@@ -299,9 +424,13 @@ class Controller:
         self.opts = opts
         self.display = display
         self.events: queue.Queue[tuple[str, Job, Any]] = queue.Queue()
-        self.executor = get_executor(opts.executor, self.events)
+        self.executor = get_executor(
+            opts.executor, self.events, hosts=opts.hosts, warm=opts.workers == "warm"
+        )
+        self._resting: dict[str, list[Slot]] = {}  # lost host → its slots, until it answers again
         self.free: list[Slot] = list(opts.slots)
-        self.running: dict[str, _Running] = {}
+        self.trials: dict[str, _Running] = {}  # trial key → state
+        self.jobs: dict[str, tuple[_Running, _Part]] = {}  # job key → (trial, part)
         self.controller_id = st.controller_id()
         self.cache_dir = opts.cache_dir or Path(
             os.environ.get("ORCHESTRATE_CACHE_DIR", Path.home() / ".cache" / "orchestrate")
@@ -315,8 +444,16 @@ class Controller:
         t0 = time.time()
         storage = st.get_storage(self.opts.storage)
         self.runners = [SweepRunner(spec, storage, self.opts) for spec in self.specs]
+        by_name = {r.spec.name: r for r in self.runners}
+        for r in self.runners:
+            if getattr(r.spec, "depends_on", None):
+                r.attach_parent(by_name.get(r.spec.depends_on), storage)
         for r in self.runners:
             self.display.sweep_ready(r.spec.name, r)
+        orphans = [o for r in self.runners for o in r.orphans]
+        if orphans and hasattr(self.executor, "cleanup"):
+            for note in self.executor.cleanup(orphans):
+                self.display.message(note)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         stop_sent = False
@@ -327,7 +464,7 @@ class Controller:
                     self._stop_all()
                 if not self.stopping:
                     self._fill_slots()
-                if not self.running:
+                if not self.jobs and not self._waiting_for_hosts():
                     break
                 try:
                     # blocks until a child reports or exits; the timeout only refreshes the live view and
@@ -343,9 +480,12 @@ class Controller:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
+            getattr(self.executor, "close", lambda: None)()
         self.outcome.wall_s = time.time() - t0
         self.outcome.interrupted = self.stopping
         for r in self.runners:
+            if r.blocked:
+                self.display.message(f"[{r.spec.name}] not started: {r.blocked}")
             self.outcome.counts[r.spec.name] = dict(r.counts, finished=r.finished)
         return self.outcome
 
@@ -354,76 +494,121 @@ class Controller:
         self.stopping = True
 
     def _stop_all(self) -> None:
-        self.display.message(f"stopping {len(self.running)} running trial(s) …")
-        for rt in self.running.values():
-            if rt.job.stopping is None:
-                rt.job.stopping = "interrupted"
-            self.executor.stop(rt.job, grace=min(self.opts.grace, 5.0))
+        self.display.message(f"stopping {len(self.jobs)} running job(s) …")
+        for rt in self.trials.values():
+            if rt.stopping is None:
+                rt.stopping = "interrupted"
+            self._stop_trial(rt, grace=min(self.opts.grace, 5.0))
+
+    def _stop_trial(self, rt: _Running, grace: float | None = None) -> None:
+        """Stop every running job of a trial; its jobs not yet started never start."""
+        for part in rt.parts:
+            if part.state == "pending":
+                part.state = "skipped"
+            elif part.state == "running" and part.job is not None:
+                if part.job.stopping is None:
+                    part.job.stopping = rt.stopping
+                self.executor.stop(part.job, grace=self.opts.grace if grace is None else grace)
 
     def _fill_slots(self) -> None:
+        for host in self.executor.hosts_back() if hasattr(self.executor, "hosts_back") else []:
+            self.free.extend(self._resting.pop(host, []))
+            self.display.message(f"host {host} answers again: its slots are back")
         while self.free:
+            # first the folds still waiting of trials already started (a configuration finishes sooner),
+            # then new trials, in sweep order
+            rt = next((t for t in self.trials.values() if t.stopping is None and t.pending()), None)
+            if rt is not None:
+                self._start_part(rt, rt.pending()[0], self.free.pop(0))
+                continue
             runner = next((r for r in self.runners if r.can_start()), None)
             if runner is None:
                 return
-            slot = self.free.pop(0)
-            try:
-                self._start(runner, slot)
-            except Exception:
-                self.free.insert(0, slot)
-                raise
+            rt = self._new_trial(runner)
+            if rt is None:
+                continue
+            self._start_part(rt, rt.pending()[0], self.free.pop(0))
 
     # ----- one trial -----
-    def _start(self, runner: SweepRunner, slot: Slot) -> None:
+    def _new_trial(self, runner: SweepRunner) -> _Running | None:
         nxt = runner.next_trial()
         if nxt is None:
-            self.free.insert(0, slot)
-            return
+            return None
         trial, optuna_params, flat, attempt = nxt
         spec = runner.spec
         nested = spec.parameters.nest(flat)
+        init = runner.init_checkpoint(flat)
+        if init is not None:
+            # the built-in experiment loads a trunk from `pretrained: <checkpoint>` (heads replaced); a user
+            # program gets --init_checkpoint=<path>
+            nested.pop("init_rank", None)
+            nested["pretrained" if spec.experiment else "init_checkpoint"] = init
         run_dir = RunDir.for_trial(self.opts.runs_dir.resolve(), spec.name, trial.number).create()
-        wandb_id = new_run_id()
+        folds = getattr(spec, "folds", None)
+        parts = (
+            [_Part(fold=None, run_dir=run_dir)]
+            if not folds
+            else [_Part(fold=f, run_dir=RunDir(run_dir.path / f"fold{f}")) for f in folds]
+        )
+        for part in parts:
+            part.wandb_id = new_run_id()
         key = point_key(flat)
-        for k, v in {
+        start_attrs = {  # written with the first job's slot, in one transaction (see _start_part)
             st.ATTR_POINT: key,
             st.ATTR_PARAMS: nested,
             st.ATTR_ATTEMPT: attempt,
             st.ATTR_CONTROLLER: self.controller_id,
             st.ATTR_RUN_DIR: str(run_dir.path),
-            st.ATTR_SLOT: slot.id,
-            st.ATTR_HOST: slot.host,
-            st.ATTR_WANDB: wandb_id,
-        }.items():
-            trial.set_user_attr(k, v)
-        trial_doc = {
-            "sweep": spec.name,
-            "trial": trial.number,
-            "attempt": attempt,
-            "experiment": spec.experiment,
-            "params": nested,
-            "metric": {"name": spec.metric.name, "goal": spec.metric.goal} if spec.metric else None,
-            "project": spec.project,
-            "data_root": getattr(spec, "data_root", None),
-            "seed": trial.number,
-            "slot": slot.id,
+            st.ATTR_WANDB: parts[0].wandb_id if len(parts) == 1 else [p.wandb_id for p in parts],
         }
-        run_dir.write_trial(trial_doc)
-        argv = self._argv(spec, run_dir, nested)
-        env = self._env(spec, slot, run_dir, trial.number, wandb_id)
-        job = Job(key=f"{spec.name}#{trial.number}", slot=slot, run_dir=run_dir, argv=argv)
         rt = _Running(
             sweep=runner,
             trial=trial,
             point=key,
             params=optuna_params,
             attempt=attempt,
-            job=job,
-            wandb_id=wandb_id,
             nested=nested,
+            flat=flat,
+            run_dir=run_dir,
+            parts=parts,
+            start_attrs=start_attrs,
         )
-        self.running[job.key] = rt
+        self.trials[rt.key] = rt
         runner.running += 1
-        self.display.trial_started(spec.name, trial.number, slot.id, flat, attempt)
+        return rt
+
+    def _start_part(self, rt: _Running, part: _Part, slot: Slot) -> None:
+        spec = rt.sweep.spec
+        number = rt.trial.number
+        nested = dict(rt.nested)
+        if part.fold is not None:
+            nested["fold"] = part.fold
+        part.run_dir.create()
+        part.run_dir.write_trial(
+            {
+                "sweep": spec.name,
+                "trial": number,
+                "attempt": rt.attempt,
+                "fold": part.fold,
+                "experiment": spec.experiment,
+                "params": nested,
+                "metric": {"name": spec.metric.name, "goal": spec.metric.goal} if spec.metric else None,
+                "project": spec.project,
+                "data_root": getattr(spec, "data_root", None),
+                "seed": number,
+                "slot": slot.id,
+            }
+        )
+        suffix = "" if part.fold is None else f"-fold{part.fold}"
+        job = Job(key=f"{rt.key}{suffix}", slot=slot, run_dir=part.run_dir, argv=[])
+        job.argv = self._argv(spec, part.run_dir, nested)
+        env = self._env(spec, slot, part.run_dir, number, part.wandb_id, part.fold)
+        part.job, part.state = job, "running"
+        self.jobs[job.key] = (rt, part)
+        if part is rt.parts[0]:
+            st.set_user_attrs(rt.trial, {**rt.start_attrs, st.ATTR_SLOT: slot.id, st.ATTR_HOST: slot.host})
+        label = spec.name if part.fold is None else f"{spec.name} fold {part.fold}"
+        self.display.trial_started(label, number, slot.id, rt.flat, rt.attempt)
         self.executor.submit(job, env, PROJECT_ROOT if spec.experiment else Path.cwd())
 
     def _argv(self, spec: Any, run_dir: RunDir, nested: dict[str, Any]) -> list[str]:
@@ -436,7 +621,9 @@ class Controller:
             spec, nested, program_path_root=Path.cwd(), args_json_file=run_dir.args_json, run_dir=run_dir.path
         )
 
-    def _env(self, spec: Any, slot: Slot, run_dir: RunDir, number: int, wandb_id: str) -> dict[str, str]:
+    def _env(
+        self, spec: Any, slot: Slot, run_dir: RunDir, number: int, wandb_id: str, fold: int | None = None
+    ) -> dict[str, str]:
         env = dict(os.environ)
         env.update(slot.env())
         pythonpath = [str(PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
@@ -450,7 +637,34 @@ class Controller:
                 "ORCHESTRATE_CACHE_DIR": str(self.cache_dir),
             }
         )
-        tags = [f"sweep:{spec.name}", f"slot:{slot.id}"]
+        tags = [f"sweep:{spec.name}", f"slot:{slot.id}"] + ([f"fold:{fold}"] if fold is not None else [])
+        sweep_id: str | None = None
+        param_path: Path | None = None
+        if not spec.experiment:
+            # a user's W&B program: the environment a W&B agent gives (wandb_env.py), and the bridge that
+            # turns its wandb.log calls into protocol reports (wandb_bridge/sitecustomize.py)
+            from orchestrator.wandb_bridge import BRIDGE_DIR, ENV_ENABLE, ENV_METRIC
+            from orchestrator.wandb_env import (
+                SWEEP_ID_ATTR,
+                new_sweep_id,
+                sweep_param_path,
+                write_sweep_params,
+            )
+
+            ids: dict[str, str] = self.__dict__.setdefault("_wandb_sweep_ids", {})
+            if spec.name not in ids:
+                study = next(r.study for r in self.runners if r.spec is spec)
+                stored = study.user_attrs.get(SWEEP_ID_ATTR)
+                if not stored:
+                    stored = new_sweep_id()
+                    study.set_user_attr(SWEEP_ID_ATTR, stored)
+                ids[spec.name] = str(stored)
+            sweep_id = ids[spec.name]
+            param_path = sweep_param_path(run_dir.path.resolve(), sweep_id, wandb_id)
+            write_sweep_params(param_path, run_dir.read_trial().get("params") or {})
+            env["PYTHONPATH"] = os.pathsep.join([str(BRIDGE_DIR), *pythonpath])
+            env[ENV_ENABLE] = "1"
+            env[ENV_METRIC] = spec.metric.name if spec.metric is not None else ""
         env.update(
             child_env(
                 mode=self.opts.wandb_mode,
@@ -458,45 +672,70 @@ class Controller:
                 project=spec.project,
                 entity=spec.entity,
                 group=spec.name,
-                name=f"{spec.name}-{number}",
+                name=f"{spec.name}-{number}" + ("" if fold is None else f"-fold{fold}"),
                 run_id=wandb_id,
                 tags=tags,
                 cache_dir=self.cache_dir,
+                sweep_id=sweep_id,
+                param_path=param_path,
             )
         )
         return env
 
+    # ----- what the children say -----
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
-        rt = self.running.get(job.key)
-        if rt is None:
+        found = self.jobs.get(job.key)
+        if found is None:
             return
+        rt, part = found
         kind = event.get("event")
-        if kind == protocol.EVENT_SUMMARY:
-            rt.summary = dict(event.get("metrics") or {})
+        if kind == protocol.EVENT_INFO and "remote_pid" in event:  # a remote launcher started the job
+            where = {
+                "host": job.slot.host,
+                "run_dir": event.get("remote_run_dir"),
+                "pid": event["remote_pid"],
+            }
+            rt.trial.set_user_attr(ATTR_REMOTE + ("" if part.fold is None else f".fold{part.fold}"), where)
             return
-        if kind == protocol.EVENT_INFO:
-            rt.info.update({k: v for k, v in event.items() if k != "event"})
+        if part.ready_s is None and kind in (protocol.EVENT_INFO, protocol.EVENT_METRICS):
+            part.ready_s = time.time() - job.started  # slot given → the child is set up and training
+        if kind == protocol.EVENT_SUMMARY:
+            part.summary = dict(event.get("metrics") or {})
             return
         if kind != protocol.EVENT_METRICS:
             return
         metrics = dict(event.get("metrics") or {})
         step = event.get("step")
-        step = int(step) if isinstance(step, (int, float)) else rt.steps
-        rt.steps += 1
-        rt.last_metrics = metrics
+        step = int(step) if isinstance(step, (int, float)) else part.steps
+        part.steps += 1
         with open(job.run_dir.metrics_jsonl, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         metric = rt.sweep.metric
         value = protocol.as_float(metrics.get(metric.name)) if metric is not None else None
-        self.display.trial_metric(
-            rt.sweep.spec.name, rt.trial.number, step, metric.name if metric else None, value
-        )
-        if metric is None or value is None or job.stopping is not None:
+        label = rt.sweep.spec.name if part.fold is None else f"{rt.sweep.spec.name} fold {part.fold}"
+        self.display.trial_metric(label, rt.trial.number, step, metric.name if metric else None, value)
+        if metric is None or value is None or rt.stopping is not None:
             return
         if not math.isfinite(value):
-            job.stopping = "nonfinite"
-            self.executor.stop(job, grace=self.opts.grace)
+            rt.stopping = "nonfinite"
+            self._stop_trial(rt)
             return
+        part.values[step] = value
+        part.last_value = value
+        self._report(rt, step)
+
+    def _report(self, rt: _Running, step: int) -> None:
+        """Report the trial's value at ``step`` (the mean over its folds once every started fold has it)."""
+        if step in rt.reported:
+            return
+        started = [p for p in rt.parts if p.state in ("running", "done")]
+        values = [p.values[step] for p in started if step in p.values]
+        if len(values) < len(started):
+            return
+        metric = rt.sweep.metric
+        assert metric is not None
+        value = statistics.fmean(values)
+        rt.reported.add(step)
         rt.last_value = value
         if rt.best_value is None or (
             value > rt.best_value if metric.goal == "maximize" else value < rt.best_value
@@ -504,63 +743,124 @@ class Controller:
             rt.best_value, rt.best_step = value, step
         rt.trial.report(value, step)
         if rt.trial.should_prune():
-            job.stopping = "pruned"
+            rt.stopping = "pruned"
             self.display.trial_pruning(rt.sweep.spec.name, rt.trial.number, step)
-            self.executor.stop(job, grace=self.opts.grace)
+            self._stop_trial(rt)
 
     def _on_exit(self, job: Job, rc: int) -> None:
+        if job.lost is not None and job.key in self.jobs and self.jobs[job.key][0].stopping is None:
+            self._host_lost(job)
+            return
+        found = self.jobs.pop(job.key, None)
+        if found is None:
+            return
+        rt, part = found
+        self.free.append(job.slot)
+        part.rc = rc
+        part.duration = (job.ended or time.time()) - job.started
+        self.outcome.busy_s += part.duration
+        part.state = "done" if rc == 0 else "failed"
+        if rc != 0 and rt.stopping is None:
+            # one fold failing fails the configuration: stop its other folds
+            rt.stopping = "failed"
+            rt.failed_part = part
+            self._stop_trial(rt)
+        elif rc == 0 and rt.stopping is None and rt.sweep.metric is not None and len(rt.parts) > 1:
+            # a finished fold may complete steps the others are waiting on (early stopping ends folds early)
+            for step in sorted({s for p in rt.parts for s in p.values} - rt.reported):
+                self._report(rt, step)
+        if rt.running() or (rt.pending() and rt.stopping is None):
+            return
+        self._finish(rt)
+
+    def _host_lost(self, job: Job) -> None:
+        """The job's host went away (not the trial's fault): the job goes back to the queue — same trial, same
+        parameters, no attempt counted — and the host's slots rest until ``ssh HOST true`` answers again
+        (the executor probes with exponential back-off; ``_fill_slots`` takes the slots back)."""
+        rt, part = self.jobs.pop(job.key)
+        host = job.slot.host
+        resting = self._resting.setdefault(host, [])
+        resting += [job.slot, *(s for s in self.free if s.host == host)]
+        self.free = [s for s in self.free if s.host != host]
+        part.state, part.job, part.steps, part.last_value, part.summary = "pending", None, 0, None, None
+        part.values.clear()
+        self.outcome.busy_s += (job.ended or time.time()) - job.started
+        self.display.message(
+            f"{job.lost}: trial {rt.trial.number} of {rt.sweep.spec.name} goes back to the queue (not a failure)"
+        )
+        if hasattr(self.executor, "host_lost"):
+            self.executor.host_lost(host)
+
+    def _waiting_for_hosts(self) -> bool:
+        """Nothing runs, work is left, and only resting hosts' slots could do it: wait for them."""
+        if self.stopping or not self._resting or self.free:
+            return False
+        return any(t.pending() for t in self.trials.values()) or any(r.can_start() for r in self.runners)
+
+    def _finish(self, rt: _Running) -> None:
         from optuna.trial import TrialState
 
-        rt = self.running.pop(job.key, None)
-        if rt is None:
-            return
+        self.trials.pop(rt.key, None)
         runner = rt.sweep
         runner.running -= 1
-        self.free.append(job.slot)
-        duration = (job.ended or time.time()) - job.started
-        self.outcome.busy_s += duration
         trial = rt.trial
         metric = runner.metric
+        parts = rt.parts
+        duration = time.time() - rt.started
         attrs: dict[str, Any] = {
-            st.ATTR_EPOCHS: rt.steps,
+            st.ATTR_EPOCHS: max((p.steps for p in parts), default=0),
             st.ATTR_DURATION: round(duration, 3),
+            st.ATTR_GPU_S: round(sum(p.duration for p in parts), 3),
             st.ATTR_BEST_STEP: rt.best_step,
             st.ATTR_LAST_VALUE: rt.last_value,
+            st.ATTR_STARTUP: max((p.ready_s for p in parts if p.ready_s is not None), default=None),
         }
-        if rt.summary is not None:
-            attrs[st.ATTR_SUMMARY] = rt.summary
+        summary = _merge_summaries([p.summary for p in parts if p.summary is not None])
+        if summary:
+            attrs[st.ATTR_SUMMARY] = summary
         state: Any
         value: float | None = None
         reason: str | None = None
-        if job.stopping == "pruned":
+        all_ok = all(p.state == "done" for p in parts)
+        if rt.stopping == "pruned":
             state = TrialState.PRUNED
-        elif job.stopping == "interrupted" and rc != 0:
+        elif rt.stopping == "interrupted" and not all_ok:
             state = TrialState.FAIL
             reason = "interrupted (Ctrl-C): will be re-run by the next launch"
             attrs[st.ATTR_INTERRUPTED] = True
-        elif job.stopping == "nonfinite":
+        elif rt.stopping == "nonfinite":
             state = TrialState.FAIL
             reason = f"{metric.name if metric else 'metric'} became non-finite (NaN/inf)"
-        elif rc != 0:
+        elif not all_ok:
             state = TrialState.FAIL
-            reason = f"exit code {rc}" if rc > 0 else f"killed by signal {signal.Signals(-rc).name}"
+            bad = rt.failed_part or next(p for p in parts if p.state != "done")
+            rc = bad.rc if bad.rc is not None else -1
+            where = "" if bad.fold is None else f" in fold {bad.fold}"
+            reason = (
+                f"exit code {rc}" if rc >= 0 else f"killed by signal {signal.Signals(-rc).name}"
+            ) + where
+            attrs[st.ATTR_STDERR] = bad.run_dir.tail("stderr", 30)[-4000:]
         elif metric is None:
             state, value = TrialState.COMPLETE, 0.0
             attrs[st.ATTR_NO_METRIC] = True
         else:
-            summary_value = protocol.as_float((rt.summary or {}).get(metric.name))
-            value = summary_value if summary_value is not None else rt.last_value
-            if value is None or not math.isfinite(value):
+            per_part = []
+            for p in parts:
+                v = protocol.as_float((p.summary or {}).get(metric.name))
+                per_part.append(v if v is not None else p.last_value)
+            if any(v is None or not math.isfinite(v) for v in per_part):
                 state = TrialState.FAIL
                 reason = f"finished without reporting a finite {metric.name!r}"
-                value = None
             else:
                 state = TrialState.COMPLETE
+                finite = [float(v) for v in per_part if v is not None]
+                value = statistics.fmean(finite)
+                if len(parts) > 1:
+                    attrs[st.ATTR_FOLDS] = {str(p.fold): v for p, v in zip(parts, finite, strict=True)}
+                    attrs[st.ATTR_FOLD_STD] = statistics.stdev(finite)
         if state == TrialState.FAIL:
             attrs[st.ATTR_REASON] = reason
-            attrs[st.ATTR_STDERR] = job.run_dir.tail("stderr", 30)[-4000:]
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+        st.set_user_attrs(trial, attrs)
         try:
             if state == TrialState.COMPLETE:
                 runner.study.tell(trial, value)
@@ -568,23 +868,33 @@ class Controller:
                 runner.study.tell(trial, state=state)
         except Exception as exc:  # the storage went away: keep the result on disk, say so
             self.display.message(f"could not record trial {trial.number} in the storage: {exc}")
-        result = {
-            "sweep": runner.spec.name,
-            "trial": trial.number,
-            "attempt": rt.attempt,
-            "state": state.name,
-            "value": value,
-            "reason": reason,
-            "returncode": rc,
-            "epochs": rt.steps,
-            "best_step": rt.best_step,
-            "duration_s": round(duration, 3),
-            "summary": rt.summary,
-            "params": rt.nested,
-            "slot": job.slot.id,
-            "wandb_run_id": rt.wandb_id,
-        }
-        job.run_dir.write_result(result)
+        rt.run_dir.write_result(
+            {
+                "sweep": runner.spec.name,
+                "trial": trial.number,
+                "attempt": rt.attempt,
+                "state": state.name,
+                "value": value,
+                "reason": reason,
+                "epochs": attrs[st.ATTR_EPOCHS],
+                "best_step": rt.best_step,
+                "duration_s": round(duration, 3),
+                "summary": summary or None,
+                "params": rt.nested,
+                "folds": attrs.get(st.ATTR_FOLDS),
+                "jobs": [
+                    {
+                        "fold": p.fold,
+                        "state": p.state,
+                        "returncode": p.rc,
+                        "slot": p.job.slot.id if p.job else None,
+                        "duration_s": round(p.duration, 3),
+                        "wandb_run_id": p.wandb_id,
+                    }
+                    for p in parts
+                ],
+            }
+        )
         # bookkeeping: finished points, retries
         if state == TrialState.COMPLETE:
             runner.counts["complete"] += 1
@@ -604,5 +914,21 @@ class Controller:
             else:
                 runner.finished += 1
         self.display.trial_finished(
-            runner.spec.name, trial.number, state.name, value, duration, reason, rt.steps
+            runner.spec.name, trial.number, state.name, value, duration, reason, attrs[st.ATTR_EPOCHS]
         )
+
+
+def _merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for a trial: the fold summaries' means (and ``<key>_std``) for numeric keys."""
+    if not summaries:
+        return {}
+    if len(summaries) == 1:
+        return summaries[0]
+    out: dict[str, Any] = {}
+    for key in summaries[0]:
+        nums = [protocol.as_float(s.get(key)) for s in summaries]
+        if all(v is not None and math.isfinite(v) for v in nums):
+            vals = [float(v) for v in nums if v is not None]
+            out[key] = statistics.fmean(vals)
+            out[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out

@@ -22,7 +22,11 @@ ATTR_STDERR = A + "stderr_tail"
 ATTR_EPOCHS = A + "epochs"
 ATTR_BEST_STEP = A + "best_step"
 ATTR_LAST_VALUE = A + "last_value"
-ATTR_DURATION = A + "duration_s"
+ATTR_DURATION = A + "duration_s"  # wall time of the trial
+ATTR_GPU_S = A + "slot_s"  # slot time of all its jobs (GPU-seconds when slots are GPUs)
+ATTR_STARTUP = A + "startup_s"  # slot given → first line from the child (imports, data, model set-up)
+ATTR_FOLDS = A + "fold_values"  # {fold: value} when the sweep runs folds
+ATTR_FOLD_STD = A + "fold_std"
 ATTR_RUN_DIR = A + "run_dir"
 ATTR_SLOT = A + "slot"
 ATTR_HOST = A + "host"
@@ -39,6 +43,55 @@ def _ensure_sqlite_parent(url: str) -> None:
         path = url[len(prefix) :]
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
+    """Set several user attributes of a running trial in one transaction (one commit, not one per key).
+
+    Optuna has no batch call; on an RDB storage this uses the storage's own per-key upsert inside one session,
+    and falls back to ``trial.set_user_attr`` per key for any other storage (or another Optuna version).
+    """
+    storage = getattr(trial, "storage", None)
+    backend = getattr(storage, "_backend", storage)
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
+
+        if isinstance(backend, RDBStorage):
+            with _create_scoped_session(backend.scoped_session, True) as session:
+                for key, value in attrs.items():
+                    backend._set_trial_attr_without_commit(
+                        session, models.TrialUserAttributeModel, trial._trial_id, key, value
+                    )
+            cached = getattr(trial, "_cached_frozen_trial", None)
+            if cached is not None:
+                cached.user_attrs.update(attrs)
+            return
+    except (ImportError, AttributeError, TypeError):
+        pass
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def _tune_sqlite(storage: Any) -> None:
+    """Write-ahead log + ``synchronous=NORMAL``: a commit no longer waits for an fsync (the controller commits
+    several times per trial event), readers (``leaderboard``, ``status``) never block the writer, and a
+    crash still leaves a consistent database (at worst the last commits are lost; results are also on disk).
+    """
+    from sqlalchemy import event, text
+
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", _pragmas)
+    storage.engine.dispose()  # connections opened while Optuna created the schema lack the pragma
+    try:
+        with storage.engine.connect() as conn:
+            conn.execute(text("PRAGMA journal_mode=WAL"))  # persistent: stored in the database file
+    except Exception:  # a read-only or network file system: keep SQLite's defaults
+        pass
 
 
 def get_storage(url: str | None = None) -> Any:
@@ -61,7 +114,9 @@ def get_storage(url: str | None = None) -> Any:
             return JournalStorage(JournalFileBackend(path))
         if url.startswith("sqlite"):
             _ensure_sqlite_parent(url)
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            _tune_sqlite(storage)
+            return storage
         if url.startswith(("postgresql", "mysql")):
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg2://" + url[len("postgresql://") :]

@@ -46,25 +46,46 @@ def validate_experiments(specs: list[Any]) -> None:
             continue
         config = _experiments_config()
         for flat in candidate_points(spec.parameters, spec.method):
+            params = spec.parameters.nest(flat)
+            if getattr(spec, "init_from", None):
+                params.pop("init_rank", None)  # the controller turns it into the parent's checkpoint path
+                params["pretrained"] = "<checkpoint of the parent sweep>"
             try:
-                config.validate(spec.experiment, spec.parameters.nest(flat))
+                config.validate(spec.experiment, params)
+                reported = config.reported_metrics(spec.experiment, params)
             except SpecError as exc:
                 key = exc.key or ""
                 raise SpecError(
                     exc.detail,
                     file=spec.file,
                     line=_param_line(spec, key),
-                    key=f"{_where(spec)}.parameters.{key}" if key else _where(spec),
+                    key=".".join(filter(None, [_where(spec), "parameters", key]))
+                    if key
+                    else _where(spec) or None,
                     hint=exc.hint,
                 ) from None
+            if spec.metric is not None and spec.metric.name not in reported:
+                raise SpecError(
+                    f"metric {spec.metric.name!r} is never reported by experiment {spec.experiment!r} "
+                    f"with these parameters",
+                    file=spec.file,
+                    line=spec.line,
+                    key=".".join(filter(None, [_where(spec), "metric", "name"])),
+                    hint="it reports: " + ", ".join(reported),
+                )
 
 
 def _where(spec: Any) -> str:
-    return str(getattr(spec, "key", None) or f"sweep {spec.name!r}")
+    """The sweep's key path in its file (``sweeps[1]``); a plain W&B file's sweep is the top level."""
+    return str(getattr(spec, "key", None) or "")
 
 
 def _param_line(spec: Any, key: str) -> int | None:
-    lines = getattr(spec.parameters, "lines", None)
-    if isinstance(lines, dict) and key in lines:
-        return int(lines[key])
+    """The line of a parameter (or of its top-level group, for a nested key) in the sweep file."""
+    space = spec.parameters
+    for name in (key, key.split(".")[0]):
+        if name in space:
+            line = space[name].line
+            if line is not None:
+                return int(line)
     return getattr(spec, "line", None)

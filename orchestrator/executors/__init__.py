@@ -12,7 +12,21 @@ from orchestrator.executors.local import LocalExecutor
 __all__ = ["Executor", "Job", "LocalExecutor", "get_executor"]
 
 
-def get_executor(name: str, events: queue.Queue[tuple[str, Job, Any]]) -> Executor:
-    if name == "local":
+def get_executor(
+    name: str, events: queue.Queue[tuple[str, Job, Any]], hosts: Any = (), warm: bool = False
+) -> Executor:
+    """``local``; ``ssh`` (remote hosts only) or ``routed`` (local slots here, remote ones over ssh).
+
+    ``warm``: local trials of built-in experiments fork from a pre-imported worker per slot (warm.py).
+    """
+    if name == "local" and not hosts:
+        if warm:
+            from orchestrator.executors.warm import WarmExecutor
+
+            return WarmExecutor(events)
         return LocalExecutor(events)
-    raise UsageError(f"unknown executor {name!r}", hint="use 'local'")
+    if name in ("local", "routed", "ssh"):
+        from orchestrator.executors.ssh import RoutingExecutor, SSHExecutor
+
+        return SSHExecutor(events, hosts) if name == "ssh" else RoutingExecutor(events, hosts)
+    raise UsageError(f"unknown executor {name!r}", hint="use 'local', 'ssh' or 'routed'")

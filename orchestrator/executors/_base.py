@@ -4,7 +4,8 @@ Executors never touch the Optuna study: they put events on the controller's queu
 thread) decides. Events are tuples ``(kind, job, payload)``:
 
 - ``("event", job, dict)`` — a protocol line (see orchestrator.protocol)
-- ``("exit", job, returncode)`` — the process ended (after its stdout was fully read)
+- ``("exit", job, returncode)`` — the process ended (after its stdout was fully read); ``job.lost`` is set
+  when the host went away (SSH: connection dropped, exit 255) rather than the trial ending
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Job:
     stopping: str | None = None  # why the controller is stopping it: "pruned", "interrupted", "nonfinite"
     ended: float | None = None
     handle: Any = None  # executor-specific (Popen)
+    lost: str | None = None  # set (with the reason) when its host was lost: re-queue it, not a trial failure
 
 
 class Executor(abc.ABC):

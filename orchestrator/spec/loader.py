@@ -23,6 +23,7 @@ from orchestrator.spec.model import (
     PRUNER_TYPES,
     WANDB_MODES,
     Defaults,
+    HostSpec,
     MetricSpec,
     PrunerSpec,
     SweepFile,
@@ -36,7 +37,7 @@ __all__ = ["load_sweeps", "EXPERIMENTS_DIR", "COMMAND_MACROS", "optuna_pruner_cl
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 FILE_KEYS = ("defaults", "sweeps")
-DEFAULT_KEYS = ("project", "entity", "storage", "runs_dir", "slots", "wandb", "retries", "data_root")
+DEFAULT_KEYS = ("project", "entity", "storage", "runs_dir", "slots", "wandb", "retries", "data_root", "hosts")
 WANDB_SWEEP_KEYS = (
     "name",
     "method",
@@ -138,6 +139,7 @@ def optuna_pruner_class(kind: str) -> Callable[..., Any]:
         "percentile": pruners.PercentilePruner,
         "successive_halving": pruners.SuccessiveHalvingPruner,
         "hyperband": pruners.HyperbandPruner,
+        "threshold": pruners.ThresholdPruner,
     }[kind]
 
 
@@ -364,6 +366,7 @@ def _parse_defaults(ctx: _Ctx, raw: Any, line: int | None) -> Defaults:
         wandb=wandb,
         retries=base.retries if retries is None else retries,
         data_root=ctx.string(d, "data_root", "defaults"),
+        hosts=_parse_hosts(ctx, d) if d.get("hosts") is not None else (),
     )
 
 
@@ -515,13 +518,16 @@ def _parse_sweep(
         folds=folds,
         depends_on=depends_on,
         init_from=init_from,
+        key=prefix or None,
     )
 
 
 def _parse_folds(
     ctx: _Ctx, d: LineDict, prefix: str, experiment: str | None, names: dict[str, Param]
 ) -> tuple[int, ...] | None:
-    """``folds: [0, 1, 2, 3, 4]``: each trial runs once per fold (the Adience protocol), in parallel."""
+    """``folds: [0, 1, 2, 3, 4]``: each trial runs once per fold (the Adience protocol), in parallel.
+
+    Each job gets the parameter ``fold`` (a program gets ``--fold=K``)."""
     if "folds" not in d or d["folds"] is None:
         return None
     key, line = _key(prefix, "folds"), d.line_of("folds")
@@ -536,10 +542,6 @@ def _parse_folds(
         )
     if len(set(raw)) != len(raw):
         ctx.fail("a fold is listed twice", line, key)
-    if experiment is None:
-        ctx.fail(
-            "'folds' needs a built-in experiment", line, key, hint="use 'experiment: train' (it takes 'fold')"
-        )
     if "fold" in names:
         ctx.fail(
             "'fold' is both a parameter and set by 'folds'",
@@ -553,7 +555,9 @@ def _parse_folds(
 def _parse_init_from(
     ctx: _Ctx, d: LineDict, prefix: str, depends_on: str | None, experiment: str | None
 ) -> int | None:
-    """``init_from: best`` → 1; ``init_from: {top: k}`` → k (fine-tune from each of the k best checkpoints)."""
+    """``init_from: best`` → 1; ``init_from: {top: k}`` → k (fine-tune from each of the k best checkpoints).
+
+    Each trial gets the parameter ``init_checkpoint`` (the parent trial's ``checkpoint_best.pt``)."""
     if "init_from" not in d or d["init_from"] is None:
         return None
     key, line = _key(prefix, "init_from"), d.line_of("init_from")
@@ -564,8 +568,6 @@ def _parse_init_from(
             key,
             hint="name the sweep whose checkpoints to start from",
         )
-    if experiment is None:
-        ctx.fail("'init_from' needs a built-in experiment", line, key, hint="use 'experiment: train'")
     raw = d["init_from"]
     if raw == "best":
         return 1
@@ -950,3 +952,123 @@ def _parse_probabilities(ctx: _Ctx, body: LineDict, key: str, count: int) -> tup
     if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
         ctx.fail(f"probabilities sum to {sum(probs):g}, not 1", body.line_of("probabilities"), pkey)
     return tuple(probs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+HOST_KEYS = (
+    "name",
+    "ssh",
+    "port",
+    "identity_file",
+    "known_hosts",
+    "gpus",
+    "per_gpu",
+    "workdir",
+    "python",
+    "cost_per_hour",
+    "labels",
+    "data_roots",
+)
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOST_GPUS = re.compile(r"^(auto|cpu:[1-9]\d*|\d+(,\d+)*)$")
+
+
+def _parse_hosts(ctx: _Ctx, d: LineDict) -> tuple[HostSpec, ...]:
+    """``defaults.hosts``: a list of hosts, or the name of a YAML file holding that list (or ``hosts:``)."""
+    raw = d["hosts"]
+    prefix = "defaults.hosts"
+    line = d.line_of("hosts")
+    if isinstance(raw, str):
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = ctx.file.parent / path
+        if not path.exists():
+            ctx.fail(f"no hosts file {raw!r} ({path})", line, prefix, hint="write the hosts list there")
+        ctx = _Ctx(path, ctx.experiments_dir)
+        raw = load_yaml(path)
+        prefix, line = "hosts", getattr(raw, "line", 1)
+        if isinstance(raw, LineDict):
+            ctx.unknown_keys(raw, ("hosts",), "", "the hosts file")
+            line = raw.line_of("hosts")
+            raw = raw.get("hosts")
+    if not isinstance(raw, LineList) or not raw:
+        ctx.fail(
+            f"hosts must be a non-empty list of hosts, not {_kind(raw)}",
+            line,
+            prefix,
+            hint="e.g. - {name: box1, ssh: me@10.0.0.5, gpus: auto, workdir: ~/faces}",
+        )
+    hosts: list[HostSpec] = []
+    seen: dict[str, int | None] = {}
+    for i, item in enumerate(raw):
+        key = f"{prefix}[{i}]"
+        h = ctx.mapping(item, raw.line_of(i), key, f"'{key}'")
+        ctx.unknown_keys(h, HOST_KEYS, key, "a host")
+        name = ctx.string(h, "name", key, optional=False) or ""
+        if not _HOST_NAME.match(name):
+            ctx.fail(
+                f"invalid host name {name!r}", h.line_of("name"), f"{key}.name", hint="letters, digits, - _ ."
+            )
+        if name in seen or name == "local":
+            ctx.fail(
+                f"duplicate host name {name!r}" + (f" (first on line {seen[name]})" if name in seen else ""),
+                h.line_of("name"),
+                f"{key}.name",
+                hint="give every host its own name ('local' is this machine)",
+            )
+        seen[name] = h.line_of("name")
+        dest = ctx.string(h, "ssh", key, optional=False) or ""
+        if not dest or dest.startswith("-") or any(c.isspace() for c in dest):
+            ctx.fail(
+                f"invalid ssh destination {dest!r}", h.line_of("ssh"), f"{key}.ssh", hint="use user@host"
+            )
+        port = ctx.integer(h, "port", key, minimum=1)
+        if port is not None and port > 65535:
+            ctx.fail(f"port {port} is out of range", h.line_of("port"), f"{key}.port")
+        gpus_raw = h.get("gpus", "auto")
+        gpus: str | tuple[str, ...]
+        if isinstance(gpus_raw, LineList):
+            if not gpus_raw or not all(
+                as_number(g) is not None and float(as_number(g) or 0).is_integer() for g in gpus_raw
+            ):
+                ctx.fail("gpus must list GPU indices, e.g. [0, 1]", h.line_of("gpus"), f"{key}.gpus")
+            gpus = tuple(str(int(as_number(g) or 0)) for g in gpus_raw)
+        else:
+            text = str(plain(gpus_raw)).strip().lower().replace(" ", "")
+            if not _HOST_GPUS.match(text):
+                ctx.fail(
+                    f"invalid gpus {gpus_raw!r}",
+                    h.line_of("gpus"),
+                    f"{key}.gpus",
+                    hint="use auto, a list of GPU indices like [0, 1], or cpu:N for a box without GPUs",
+                )
+            gpus = text if text == "auto" or text.startswith("cpu:") else tuple(text.split(","))
+        cost = ctx.number(h, "cost_per_hour", key)
+        labels = h.get("labels") or []
+        if isinstance(labels, str):
+            labels = [labels]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            ctx.fail("labels must be a list of words", h.line_of("labels"), f"{key}.labels")
+        roots = h.get("data_roots") or []
+        if isinstance(roots, str):
+            roots = [roots]
+        if not isinstance(roots, list) or not all(isinstance(x, str) for x in roots):
+            ctx.fail("data_roots must be a list of paths", h.line_of("data_roots"), f"{key}.data_roots")
+        hosts.append(
+            HostSpec(
+                name=name,
+                ssh=dest,
+                port=port,
+                identity_file=ctx.string(h, "identity_file", key),
+                known_hosts=ctx.string(h, "known_hosts", key),
+                gpus=gpus,
+                per_gpu=ctx.integer(h, "per_gpu", key, minimum=1) or 1,
+                workdir=ctx.string(h, "workdir", key) or "~/orchestrate",
+                python=ctx.string(h, "python", key) or "python3",
+                cost_per_hour=None if cost is None else float(cost),
+                labels=tuple(str(x) for x in labels),
+                data_roots=tuple(str(x) for x in roots),
+                line=raw.line_of(i),
+            )
+        )
+    return tuple(hosts)

@@ -8,11 +8,20 @@ from typing import Any, Literal
 
 from orchestrator.spec.params import ParamSpace
 
-__all__ = ["Defaults", "HostSpec", "MetricSpec", "PrunerSpec", "SweepFile", "SweepSpec", "PRUNER_TYPES", "WANDB_MODES"]
+__all__ = [
+    "Defaults",
+    "HostSpec",
+    "MetricSpec",
+    "PrunerSpec",
+    "SweepFile",
+    "SweepSpec",
+    "PRUNER_TYPES",
+    "WANDB_MODES",
+]
 
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 #: ``pruner: {type: …}`` values; options are the Optuna pruner's own keyword arguments
-PRUNER_TYPES = ("none", "median", "percentile", "successive_halving", "hyperband")
+PRUNER_TYPES = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold")
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,7 @@ class SweepSpec:
     folds: tuple[int, ...] | None = None  # run each configuration once per fold (value = mean over folds)
     depends_on: str | None = None  # a sweep of the same file that must finish first
     init_from: int | None = None  # start from the parent's best (1) or top-k checkpoints
+    key: str | None = field(default=None, compare=False)  # its key path in the file, e.g. "sweeps[2]"
 
     @property
     def early_terminate(self) -> PrunerSpec | None:

@@ -54,7 +54,10 @@ def test_grid_sweep_completes_prunes_and_ranks(tmp_path: Path) -> None:
         result = json.loads((run_dir / "result.json").read_text())
         assert result["state"] == t.state.name
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        assert len(lines) == t.user_attrs["orchestrate.epochs"] == len(t.intermediate_values)
+        # every epoch the child ran is in metrics.jsonl; a pruned child may finish one more epoch while its
+        # SIGTERM is on the way, which Optuna does not take after the prune decision
+        assert len(lines) == t.user_attrs["orchestrate.epochs"]
+        assert len(t.intermediate_values) <= len(lines) <= len(t.intermediate_values) + 1
         assert "starting" in (run_dir / "stdout.log").read_text()
         if t.state == TrialState.PRUNED:
             assert len(lines) < 6

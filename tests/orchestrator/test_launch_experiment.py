@@ -57,3 +57,23 @@ def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
         assert result["state"] == "COMPLETE" and result["jobs"][0]["wandb_run_id"] == run["run"]["run_id"]
         assert run["summary"]["val/acc"] == pytest.approx(t.value)  # the W&B summary keeps the best
         assert (run_dir / "checkpoint_best.pt").exists() and (run_dir / "config.json").exists()
+
+
+def test_pruned_experiment_trial_keeps_its_wandb_run(tmp_path: Path) -> None:
+    spec = write(
+        tmp_path,
+        "sweeps.yaml",
+        SWEEP.replace("tiny-gender", "always-pruned")
+        .replace("lr: {values: [0.003, 0.001, 0.0003]}", "lr: {value: 0.001}")
+        .replace("epochs: {value: 2}", "epochs: {value: 6}")
+        .replace("    parameters:", "    pruner: {type: threshold, lower: 1.01}\n    parameters:", 1),
+    )
+    run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
+    (t,) = load_trials(tmp_path, "always-pruned")
+    assert t.state == TrialState.PRUNED and max(t.intermediate_values) == 1  # stopped at its first report
+    run_dir = Path(t.user_attrs["orchestrate.run_dir"])
+    (wandb_run,) = sorted((run_dir / "wandb").glob("offline-run-*"))
+    run = read_offline_run(wandb_run)
+    epochs = [row for row in run["history"] if "val/acc" in row]
+    assert 1 <= len(epochs) < 6  # the run was closed properly by the SIGTERM handler, with its history
+    assert run["summary"]["stopped_by"] == "SIGTERM"

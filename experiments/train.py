@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from experiments import config as config_mod
@@ -40,8 +41,11 @@ try:
 except config_mod.SpecError as exc:
     print(f"error: {exc.render()}", file=sys.stderr)
     sys.exit(2)
-if cfg.data_root is None:
-    cfg.data_root = trial.get("data_root")
+if cfg.data_root is None and trial.get("data_root"):
+    # the sweep file's data_root: a folder with one sub-folder per dataset (<data_root>/adience, …/celeba),
+    # or the dataset's own root
+    base = Path(trial["data_root"]).expanduser()
+    cfg.data_root = str(base / cfg.dataset) if (base / cfg.dataset).is_dir() else str(base)
 if cfg.seed is None:
     cfg.seed = int(trial.get("seed") or 0)
 metric_spec = trial.get("metric") or {}
@@ -365,8 +369,8 @@ for epoch in range(start_epoch, cfg.epochs):
         "epoch_time": time.time() - t0,
     }
     history.append({"epoch": epoch + 1, "metrics": metrics})
+    logger.log(epoch + 1, metrics)  # queued first: a prune decision (SIGTERM) may follow the report at once
     protocol.report(epoch + 1, reported(metrics))
-    logger.log(epoch + 1, metrics)
     improved = M.is_better(metrics[metric_name], best["value"], goal)
     if improved:
         best = {"value": metrics[metric_name], "epoch": epoch + 1, "metrics": metrics}
@@ -424,6 +428,16 @@ if swa_used:  # the averaged model's own val metrics (the per-epoch ones are the
     summary.update(reported(val_final))
 summary.update(reported(test))
 protocol.summary(summary)
+
+# confusion matrices on disk too (the report draws them; W&B gets them as plots below)
+confusions: dict[str, Any] = {}
+for t in tasks:
+    if t.kind != "regression":
+        for split, preds in (("test", test_preds), ("val", val_preds)):
+            y, pred, _ = preds[t.name]
+            matrix = M.confusion(np.asarray(y), np.asarray(pred), len(t.classes))
+            confusions[f"{split}/{t.name}"] = {"classes": list(t.classes), "matrix": matrix.tolist()}
+atomic_write_json(rd.path / "confusion.json", confusions)
 
 n_show = min(cfg.log_samples, len(splits["test"]))
 columns: dict[str, list[Any]] = {}

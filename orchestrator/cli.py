@@ -255,18 +255,21 @@ def _print_plan(plan: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(no_color=not sys.stdout.isatty())
+    tty = sys.stdout.isatty()
+    console = Console(no_color=not tty, width=None if tty else 160)  # pipes and logs: don't truncate
     table = Table(title="plan (nothing started)")
-    for col in ("sweep", "method", "trials", "parameters"):
+    for col in ("sweep", "method", "trials", "jobs", "after", "searched parameters"):
         table.add_column(col)
     for s in plan["sweeps"]:
         params = s.get("parameters") or {}
-        table.add_row(
-            s["name"],
-            s["method"],
-            "unbounded" if s.get("trials") is None else str(s["trials"]),
-            ", ".join(params) if isinstance(params, dict) else str(params),
+        searched = [k for k, v in params.items() if not (isinstance(v, dict) and v.get("kind") == "constant")]
+        trials = "unbounded" if s.get("trials") is None else str(s["trials"])
+        jobs = (
+            trials
+            if "folds" not in s
+            else ("unbounded" if s.get("jobs") is None else f"{s['jobs']} ({len(s['folds'])} folds)")
         )
+        table.add_row(s["name"], s["method"], trials, jobs, s.get("depends_on") or "", ", ".join(searched))
     console.print(table)
 
 

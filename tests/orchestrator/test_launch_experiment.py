@@ -57,6 +57,11 @@ def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
         assert result["state"] == "COMPLETE" and result["jobs"][0]["wandb_run_id"] == run["run"]["run_id"]
         assert run["summary"]["val/acc"] == pytest.approx(t.value)  # the W&B summary keeps the best
         assert (run_dir / "checkpoint_best.pt").exists() and (run_dir / "config.json").exists()
+        confusion = json.loads((run_dir / "confusion.json").read_text())["test/gender"]
+        assert confusion["classes"] == ["male", "female"]
+        assert sum(map(sum, confusion["matrix"])) > 0
+        correct = sum(confusion["matrix"][i][i] for i in range(2)) / sum(map(sum, confusion["matrix"]))
+        assert correct == pytest.approx(run["summary"]["test/acc"])
 
 
 def test_pruned_experiment_trial_keeps_its_wandb_run(tmp_path: Path) -> None:

@@ -18,7 +18,11 @@ WANDB = [sys.executable, "-m", "wandb"]
 def read_offline_run(run_dir: Path) -> dict[str, Any]:
     """``{"run": {...}, "config": {...}, "history": [rows], "summary": {...}}`` of one offline run folder."""
     out = subprocess.run(
-        [*WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True, timeout=120
+        [*WANDB, "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     run: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
@@ -37,4 +41,9 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
             timeout=120,
         ).stdout
     )
-    return {"run": run, "config": summary.get("config", {}), "summary": summary.get("summary", {}), "history": history}
+    return {
+        "run": run,
+        "config": summary.get("config", {}),
+        "summary": summary.get("summary", {}),
+        "history": history,
+    }

@@ -32,7 +32,9 @@ sweeps:
 
 def test_folds_run_as_parallel_jobs_of_one_trial_and_average(tmp_path: Path) -> None:
     spec = write(tmp_path, "sweeps.yaml", FOLDS)
-    plan = json.loads(run_cli(tmp_path, "launch", str(spec), "--dry-run", "--format", "json", check=True).stdout)
+    plan = json.loads(
+        run_cli(tmp_path, "launch", str(spec), "--dry-run", "--format", "json", check=True).stdout
+    )
     assert plan["sweeps"][0]["trials"] == 3 and plan["sweeps"][0]["jobs"] == 9
     run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
     trials = {t.params["quality"]: t for t in load_trials(tmp_path, "cv")}
@@ -51,7 +53,9 @@ def test_folds_run_as_parallel_jobs_of_one_trial_and_average(tmp_path: Path) -> 
         assert trial_json["params"]["fold"] == f
         assert (run_dir / f"fold{f}" / "metrics.jsonl").exists()
     result = json.loads((run_dir / "result.json").read_text())
-    assert [j["fold"] for j in result["jobs"]] == [0, 1, 2] and all(j["state"] == "done" for j in result["jobs"])
+    assert [j["fold"] for j in result["jobs"]] == [0, 1, 2] and all(
+        j["state"] == "done" for j in result["jobs"]
+    )
     # the bad configuration was pruned on the folds it started: the other folds never ran
     bad = trials[0.2]
     assert bad.state == TrialState.PRUNED
@@ -83,7 +87,9 @@ sweeps:
 
 def test_two_stage_starts_from_the_parents_best_checkpoints(tmp_path: Path) -> None:
     spec = write(tmp_path, "sweeps.yaml", TWO_STAGE)
-    plan = json.loads(run_cli(tmp_path, "launch", str(spec), "--dry-run", "--format", "json", check=True).stdout)
+    plan = json.loads(
+        run_cli(tmp_path, "launch", str(spec), "--dry-run", "--format", "json", check=True).stdout
+    )
     finetune = plan["sweeps"][1]
     assert finetune["trials"] == 4 and finetune["init_from"] == {"top": 2}  # 2 epochs values × top 2
     run_cli(tmp_path, "launch", str(spec), "--plain", check=True)

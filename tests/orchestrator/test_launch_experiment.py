@@ -50,7 +50,9 @@ def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
         assert run["config"]["lr"] == t.params["lr"]
         epochs = [row for row in run["history"] if "val/acc" in row]
         assert len(epochs) == len(t.intermediate_values) == 2  # one history row per reported epoch
-        assert [row["val/acc"] for row in epochs] == [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        assert [row["val/acc"] for row in epochs] == [
+            t.intermediate_values[s] for s in sorted(t.intermediate_values)
+        ]
         # the study's value is the summary's best validation accuracy, as the W&B summary keeps it
         assert t.value == pytest.approx(max(row["val/acc"] for row in epochs))
         result = json.loads((run_dir / "result.json").read_text())

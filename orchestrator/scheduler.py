@@ -495,10 +495,12 @@ class Controller:
 
     def _stop_all(self) -> None:
         self.display.message(f"stopping {len(self.jobs)} running job(s) …")
-        for rt in self.trials.values():
+        for rt in list(self.trials.values()):
             if rt.stopping is None:
                 rt.stopping = "interrupted"
             self._stop_trial(rt, grace=min(self.opts.grace, 5.0))
+            if not rt.running():  # none of its jobs had started: nothing will exit, record it now
+                self._finish(rt)
 
     def _stop_trial(self, rt: _Running, grace: float | None = None) -> None:
         """Stop every running job of a trial; its jobs not yet started never start."""

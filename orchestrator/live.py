@@ -96,7 +96,7 @@ class LiveDisplay(PlainDisplay):
         self.console = Console()
         self.rows: dict[tuple[str, int], _Row] = {}
         self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=True)
-        self.live.start()
+        self.started = False  # the table appears with the first trial, below the start-up messages
 
     def _table(self) -> Any:
         from rich.table import Table
@@ -122,6 +122,9 @@ class LiveDisplay(PlainDisplay):
 
     def trial_started(self, sweep: str, number: int, slot: str, flat: dict[str, Any], attempt: int) -> None:
         self.rows[(sweep, number)] = _Row(sweep, number, slot, flat, attempt)
+        if not self.started:
+            self.started = True
+            self.live.start()
         self.live.update(self._table())
 
     def trial_metric(
@@ -150,7 +153,8 @@ class LiveDisplay(PlainDisplay):
         self.live.update(self._table())
 
     def close(self) -> None:
-        self.live.stop()
+        if self.started:
+            self.live.stop()
 
 
 def make_display(plain: bool | None = None) -> PlainDisplay:

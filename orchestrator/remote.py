@@ -156,4 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # no interpreter shutdown: the stdin reader thread is blocked in read(), and finalising would abort
+    os._exit(code)

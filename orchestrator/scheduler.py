@@ -443,7 +443,9 @@ class Controller:
     def run(self) -> Outcome:
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the display says what happens, not Optuna's log
+        optuna.logging.set_verbosity(
+            optuna.logging.WARNING
+        )  # the display says what happens, not Optuna's log
         t0 = time.time()
         storage = st.get_storage(self.opts.storage)
         self.runners = [SweepRunner(spec, storage, self.opts) for spec in self.specs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,15 @@ def get_storage(url: str | None = None) -> Any:
         if url.startswith(("postgresql", "mysql")):
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg2://" + url[len("postgresql://") :]
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            # two first launches on an empty database race to create Optuna's tables: the loser sees an
+            # IntegrityError (pg_type) — the tables exist by then, so try again
+            for attempt in range(5):
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+                except Exception as exc:
+                    if "IntegrityError" not in type(exc).__name__ + str(exc) or attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
     except PermissionError as exc:
         raise RunError(f"storage {url}: {exc}", hint="check that the runs directory is writable") from exc
     except Exception as exc:  # sqlalchemy OperationalError etc.: report, don't dump a traceback

@@ -839,6 +839,8 @@ def columns(table: dict[str, Any], wanted: list[str] | None = None) -> list[str]
                 hint="columns: " + ", ".join(c.removeprefix("param:") for c in cols),
             )
         cols = [c if c in cols or c in extra else f"param:{c}" for c in wanted]
+        if table.get("group_by") and f"param:{table['group_by']}" not in cols:
+            cols.insert(0, f"param:{table['group_by']}")  # a grouped table always says what each row is
     return cols
 
 

@@ -445,6 +445,34 @@ def importances(url: str, sd: lb.StudyData) -> tuple[list[tuple[str, float]], st
     return [(k, float(v)) for k, v in imp.items()], f"{name} over {len(complete)} complete trials (Optuna)"
 
 
+def _fold_confusions(run_dir: Path) -> dict[str, Any]:
+    """A cross-validated trial's confusion matrices: each fold's ``fold*/confusion.json``, summed over folds
+    (the usual way to report a k-fold confusion matrix)."""
+    total: dict[str, Any] = {}
+    for path in sorted(run_dir.glob("fold*/confusion.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for key, v in data.items() if isinstance(data, dict) else ():
+            if not (isinstance(v, dict) and isinstance(v.get("matrix"), list)):
+                continue
+            name = f"{key} (sum over folds) confusion"
+            if name not in total:
+                total[name] = {
+                    "classes": v.get("classes"),
+                    "matrix": [list(map(float, r)) for r in v["matrix"]],
+                }
+            else:
+                acc = total[name]["matrix"]
+                if len(acc) == len(v["matrix"]):
+                    total[name]["matrix"] = [
+                        [a + b for a, b in zip(ra, rb, strict=False)]
+                        for ra, rb in zip(acc, v["matrix"], strict=False)
+                    ]
+    return total
+
+
 def confusion_matrices(rec: lb.TrialRec) -> list[tuple[str, list[str], list[list[float]]]]:
     """Confusion matrices a trial recorded, found in (first match wins):
 
@@ -458,6 +486,9 @@ def confusion_matrices(rec: lb.TrialRec) -> list[tuple[str, list[str], list[list
         sources.append(summary)
     run_dir = rec.attrs.get(st.ATTR_RUN_DIR)
     if run_dir:
+        folds = _fold_confusions(Path(run_dir))
+        if folds:
+            sources.append(folds)
         for name in ("summary.json", "confusion.json"):
             try:
                 data = json.loads((Path(run_dir) / name).read_text())

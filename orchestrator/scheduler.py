@@ -612,11 +612,13 @@ class Controller:
         env = self._env(spec, slot, part.run_dir, number, part.wandb_id, part.fold)
         part.job, part.state = job, "running"
         self.jobs[job.key] = (rt, part)
+        self.executor.submit(job, env, PROJECT_ROOT if spec.experiment else Path.cwd())
+        # the child is starting: record who runs it where (a controller that dies in between leaves a trial
+        # whose owner attribute, written when it was asked for, still lets the next launch recover it)
         if part is rt.parts[0]:
             st.set_user_attrs(rt.trial, {**rt.start_attrs, st.ATTR_SLOT: slot.id, st.ATTR_HOST: slot.host})
         label = spec.name if part.fold is None else f"{spec.name} fold {part.fold}"
         self.display.trial_started(label, number, slot.id, rt.flat, rt.attempt)
-        self.executor.submit(job, env, PROJECT_ROOT if spec.experiment else Path.cwd())
 
     def _argv(self, spec: Any, run_dir: RunDir, nested: dict[str, Any]) -> list[str]:
         if spec.experiment:
@@ -778,6 +780,10 @@ class Controller:
                 self._report(rt, step)
         if rt.running() or (rt.pending() and rt.stopping is None):
             return
+        if not self.stopping and rt.sweep.spec.method != "bayes":
+            # the freed slot gets its next trial before this one is written down (a grid or random sampler
+            # does not need the result; a bayes sampler does, so there the result is recorded first)
+            self._fill_slots()
         self._finish(rt)
 
     def _host_lost(self, job: Job) -> None:

@@ -156,3 +156,15 @@ def test_launch_then_leaderboard_status_report_agree(tmp_path: Path) -> None:
         lb.render(lb.build(f"sqlite:///{tmp_path / 'runs/orchestrate.db'}"), "json")
         == json.dumps({"sweeps": [board]}, indent=2, default=str) + "\n"
     )
+
+
+def test_fold_confusion_matrices_are_summed_over_folds(tmp_path: Path) -> None:
+    from orchestrator.report import _fold_confusions
+
+    for fold, matrix in ((0, [[3, 1], [0, 4]]), (1, [[2, 2], [1, 5]])):
+        (tmp_path / f"fold{fold}").mkdir()
+        (tmp_path / f"fold{fold}" / "confusion.json").write_text(
+            json.dumps({"test/gender": {"classes": ["male", "female"], "matrix": matrix}})
+        )
+    (got,) = _fold_confusions(tmp_path).values()
+    assert got == {"classes": ["male", "female"], "matrix": [[5.0, 3.0], [1.0, 9.0]]}

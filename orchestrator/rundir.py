@@ -24,14 +24,16 @@ def safe_name(name: str) -> str:
     return _SAFE.sub("_", name).strip("._") or "sweep"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    """Write via a temp file and rename: readers never see half a file. ``durable`` also fsyncs (results)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -39,8 +41,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", durable)
 
 
 class RunDir:
@@ -107,7 +109,9 @@ class RunDir:
         return data
 
     def write_trial(self, data: dict[str, Any]) -> None:
-        atomic_write_json(self.trial_json, data)
+        # no fsync: a trial.json lost in a crash only means the trial is run again (it is on the hot path
+        # between one trial ending and the next starting)
+        atomic_write_json(self.trial_json, data, durable=False)
 
     def write_result(self, data: dict[str, Any]) -> None:
         atomic_write_json(self.result_json, data)

@@ -251,6 +251,8 @@ class SweepRunner:
                 t = self.study._storage.get_trial(t._trial_id)
             if t.state == TrialState.WAITING:
                 continue
+            if t.state == TrialState.FAIL and not self._has_point(t):
+                continue  # asked for, then the controller died before its parameters were drawn: it never ran
             points.setdefault(self._key_of(t), []).append(t)
             if (
                 t.state == TrialState.COMPLETE
@@ -294,6 +296,16 @@ class SweepRunner:
         if (datetime.datetime.now() - t.datetime_start).total_seconds() > 5:
             return False
         return self.claims.others_alive()
+
+    def _has_point(self, t: Any) -> bool:
+        """Whether a stored trial got all its parameters (else no job of it can have started)."""
+        if t.user_attrs.get(st.ATTR_POINT):
+            return True
+        try:
+            decoded = self.spec.parameters.decode(t.params, grid=self.spec.method == "grid")
+        except (KeyError, ValueError, TypeError):
+            return bool(t.params)
+        return all(name in decoded for name in self.spec.parameters.names())
 
     def _key_of(self, t: Any) -> str:
         """The point of a stored trial; a trial killed before its attributes were written is decoded."""
@@ -780,9 +792,15 @@ class Controller:
                 self._report(rt, step)
         if rt.running() or (rt.pending() and rt.stopping is None):
             return
-        if not self.stopping and rt.sweep.spec.method != "bayes":
+        metric = rt.sweep.metric
+        if (
+            not self.stopping
+            and rt.sweep.spec.method != "bayes"
+            and (metric is None or metric.target is None)
+        ):
             # the freed slot gets its next trial before this one is written down (a grid or random sampler
-            # does not need the result; a bayes sampler does, so there the result is recorded first)
+            # does not need the result; a bayes sampler does, and so does a metric target, so there the
+            # result is recorded first)
             self._fill_slots()
         self._finish(rt)
 

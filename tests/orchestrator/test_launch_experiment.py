@@ -84,3 +84,62 @@ def test_pruned_experiment_trial_keeps_its_wandb_run(tmp_path: Path) -> None:
     epochs = [row for row in run["history"] if "val/acc" in row]
     assert 1 <= len(epochs) < 6  # the run was closed properly by the SIGTERM handler, with its history
     assert run["summary"]["stopped_by"] == "SIGTERM"
+
+
+TWO_STAGE_CV = """
+defaults: {slots: "cpu:2", wandb: disabled, retries: 0}
+sweeps:
+  - name: pretrain
+    experiment: train
+    method: grid
+    metric: {name: val/acc, goal: maximize}
+    parameters:
+      dataset: {value: celeba}
+      task: {value: gender}
+      backbone: {value: basic_cnn}
+      backbone_args: {value: {num_layers: 2, base_features: 8, hidden: 16}}
+      image_size: {value: 32}
+      synthetic_limit: {value: 300}
+      synthetic_size: {value: 48}
+      epochs: {value: 1}
+  - name: finetune
+    experiment: train
+    method: grid
+    depends_on: pretrain
+    init_from: best
+    folds: [0, 1, 2, 3, 4]
+    metric: {name: val/acc, goal: maximize}
+    parameters:
+      dataset: {value: adience}
+      task: {value: gender}
+      backbone: {value: basic_cnn}
+      backbone_args: {value: {num_layers: 2, base_features: 8, hidden: 16}}
+      image_size: {value: 32}
+      synthetic_limit: {value: 300}
+      synthetic_size: {value: 48}
+      epochs: {value: 1}
+      freeze: {value: backbone}
+      lr: {value: 0.0003}
+"""
+
+
+def test_celeba_pretrain_then_adience_5_fold_finetune(tmp_path: Path) -> None:
+    """The CelebA → Adience recipe end to end: the fine-tune waits for the pretrain sweep, starts every fold
+    from its best checkpoint with a frozen backbone, and its value is the mean over the 5 Adience folds."""
+    spec = write(tmp_path, "sweeps.yaml", TWO_STAGE_CV)
+    run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
+    (parent,) = load_trials(tmp_path, "pretrain")
+    (child,) = load_trials(tmp_path, "finetune")
+    assert parent.state == child.state == TrialState.COMPLETE
+    assert child.datetime_start >= parent.datetime_complete
+    checkpoint = str(Path(parent.user_attrs["orchestrate.run_dir"]) / "checkpoint_best.pt")
+    run_dir = Path(child.user_attrs["orchestrate.run_dir"])
+    folds = child.user_attrs["orchestrate.fold_values"]
+    assert sorted(folds) == ["0", "1", "2", "3", "4"]
+    assert child.value == pytest.approx(sum(folds.values()) / 5)
+    for f in range(5):
+        config = json.loads((run_dir / f"fold{f}" / "config.json").read_text())
+        assert config["fold"] == f and config["dataset"] == "adience"
+        assert config["pretrained"] == checkpoint and config["freeze"] == "backbone"
+        summary = json.loads((run_dir / f"fold{f}" / "metrics.jsonl").read_text().splitlines()[-1])
+        assert summary["val/acc"] == pytest.approx(folds[str(f)])

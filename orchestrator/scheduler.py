@@ -13,6 +13,7 @@ same parameters until ``retries`` is spent; trials left RUNNING by a controller 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -44,6 +45,22 @@ ATTR_REMOTE = st.A + "remote"  # where a remote job runs: {"host", "run_dir", "p
 def point_key(flat_params: dict[str, Any]) -> str:
     """The identity of a parameter point: canonical JSON of the flat parameters."""
     return json.dumps(flat_params, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _reads_only(pruner: Any) -> bool:
+    """Pruners that only read trials (no study internals): they can run on the controller's in-memory view."""
+    import optuna
+
+    from orchestrator.wandb_hyperband import WandbHyperbandPruner
+
+    kinds = (
+        optuna.pruners.MedianPruner,  # a PercentilePruner
+        optuna.pruners.PercentilePruner,
+        optuna.pruners.ThresholdPruner,
+        optuna.pruners.NopPruner,
+        WandbHyperbandPruner,
+    )
+    return isinstance(pruner, kinds)
 
 
 @dataclass
@@ -169,6 +186,59 @@ class _Running:
         return [p for p in self.parts if p.state == "running"]
 
 
+class _PruneView:
+    """The study as a pruner reads it, served from the controller's memory.
+
+    Optuna's cached storage re-reads every RUNNING trial from the database whenever a pruner lists trials, so
+    with 64 slots each metric line cost ~30 ms of controller CPU. The controller already holds its running
+    trials (their intermediate values are updated in place by ``Trial.report``) and the finished ones; the
+    finished list is refreshed from the storage at most every ``REFRESH_S`` so that controllers sharing a study
+    still see each other's results. Used for the pruners that only read trials (median, percentile,
+    threshold, none, W&B hyperband); Optuna's successive halving and hyperband keep the real study.
+    """
+
+    REFRESH_S = 5.0
+
+    def __init__(self, runner: SweepRunner) -> None:
+        self._runner = runner
+        self._finished: list[Any] = []
+        self._refreshed = 0.0
+
+    def refresh(self) -> None:
+        from optuna.trial import TrialState
+
+        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        self._finished = list(self._runner.study.get_trials(deepcopy=False, states=done))
+        self._refreshed = time.monotonic()
+
+    def add_finished(self, frozen: Any) -> None:
+        self._finished.append(frozen)
+
+    @property
+    def direction(self) -> Any:
+        return self._runner.study.direction
+
+    @property
+    def directions(self) -> Any:
+        return self._runner.study.directions
+
+    def _is_multi_objective(self) -> bool:
+        return False
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        if time.monotonic() - self._refreshed > self.REFRESH_S:
+            self.refresh()
+        running = [t._cached_frozen_trial for t in self._runner.live.values()]
+        trials = self._finished + running
+        return [t for t in trials if states is None or t.state in states]
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[Any]:
+        return self.get_trials(deepcopy, states)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner.study, name)
+
+
 class SweepRunner:
     """One sweep's study and its queue of work in this launch."""
 
@@ -222,6 +292,8 @@ class SweepRunner:
         self.best: float | None = None
         self.counts = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "recovered": 0}
         self.exhausted = False
+        self.live: dict[int, Any] = {}  # trial id → optuna.Trial of this sweep's running trials
+        self.prune_view: _PruneView | None = _PruneView(self) if _reads_only(self.pruner) else None
         self.parent: SweepRunner | None = None
         self.blocked: str | None = None  # why a dependent sweep cannot start (said once)
         self._storage = storage
@@ -421,11 +493,25 @@ class SweepRunner:
             attempt = 1
             self.sampler.fixed = None
         try:
-            trial = self.study.ask()
+            trial = self._ask()
             values = self.spec.parameters.sample(trial, grid=self.spec.method == "grid")
         finally:
             self.sampler.fixed = None
+        self.live[trial._trial_id] = trial
         return trial, dict(trial.params), values, attempt
+
+    def _ask(self) -> Any:
+        """``study.ask()`` minus its look for WAITING (enqueued) trials — the controller never enqueues, and
+        that look re-reads every running trial from the storage."""
+        import optuna
+
+        study = self.study
+        try:
+            study._thread_local.cached_all_trials = None  # as ask() does: samplers see the latest trials
+            trial_id = study._storage.create_new_trial(study._study_id)
+        except AttributeError:  # another Optuna version: the public path
+            return study.ask()
+        return optuna.Trial(study, trial_id)
 
 
 class Controller:
@@ -763,7 +849,12 @@ class Controller:
         ):
             rt.best_value, rt.best_step = value, step
         rt.trial.report(value, step)
-        if rt.trial.should_prune():
+        runner = rt.sweep
+        if runner.prune_view is not None:
+            prune = bool(runner.pruner.prune(runner.prune_view, rt.trial._cached_frozen_trial))
+        else:
+            prune = rt.trial.should_prune()
+        if prune:
             rt.stopping = "pruned"
             self.display.trial_pruning(rt.sweep.spec.name, rt.trial.number, step)
             self._stop_trial(rt)
@@ -899,6 +990,10 @@ class Controller:
                 runner.study.tell(trial, state=state)
         except Exception as exc:  # the storage went away: keep the result on disk, say so
             self.display.message(f"could not record trial {trial.number} in the storage: {exc}")
+        runner.live.pop(trial._trial_id, None)
+        if runner.prune_view is not None:
+            with contextlib.suppress(Exception):  # the view refreshes from the storage anyway
+                runner.prune_view.add_finished(runner.study._storage.get_trial(trial._trial_id))
         rt.run_dir.write_result(
             {
                 "sweep": runner.spec.name,

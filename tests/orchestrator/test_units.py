@@ -129,3 +129,42 @@ def test_controller_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_prune_view_gives_the_same_decisions_as_the_study() -> None:
+    """The controller prunes on an in-memory view of the study (no database read per metric line); it must
+    decide exactly as the pruner does on the real study."""
+    from orchestrator.scheduler import _PruneView
+    from orchestrator.wandb_hyperband import WandbHyperbandPruner
+
+    rng = __import__("random").Random(0)
+    study = optuna.create_study(
+        direction="maximize", storage=optuna.storages.RDBStorage("sqlite:///:memory:")
+    )
+    for i in range(12):  # finished trials with curves of different quality
+        t = study.ask()
+        q = rng.random()
+        for step in range(6):
+            t.report(q * (step + 1), step)
+        study.tell(t, q * 6) if i % 3 else study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    live = {}
+    for _ in range(4):  # running trials, some good, some bad
+        t = study.ask()
+        q = rng.random()
+        for step in range(3):
+            t.report(q * (step + 1), step)
+        live[t._trial_id] = t
+    view = _PruneView(SimpleNamespace(study=study, live=live))
+    pruners = [
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        optuna.pruners.PercentilePruner(40.0),
+        optuna.pruners.ThresholdPruner(lower=1.0),
+        WandbHyperbandPruner(min_iter=1, eta=2),
+    ]
+    decisions = []
+    for pruner in pruners:
+        for t in live.values():
+            real = pruner.prune(study, study._storage.get_trial(t._trial_id))
+            assert pruner.prune(view, t._cached_frozen_trial) == real
+            decisions.append(real)
+    assert any(decisions) and not all(decisions)  # the comparison covered both answers

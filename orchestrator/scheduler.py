@@ -19,6 +19,7 @@ import json
 import math
 import os
 import queue
+import re
 import signal
 import statistics
 import sys
@@ -45,6 +46,9 @@ ATTR_REMOTE = st.A + "remote"  # where a remote job runs: {"host", "run_dir", "p
 def point_key(flat_params: dict[str, Any]) -> str:
     """The identity of a parameter point: canonical JSON of the flat parameters."""
     return json.dumps(flat_params, sort_keys=True, separators=(",", ":"), default=str)
+
+
+_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
 
 
 def _reads_only(pruner: Any) -> bool:
@@ -293,6 +297,7 @@ class SweepRunner:
         self.counts = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "recovered": 0}
         self.exhausted = False
         self.live: dict[int, Any] = {}  # trial id → optuna.Trial of this sweep's running trials
+        self.overrides: dict[str, dict[str, Any]] = {}  # point → parameters changed for its retry (OOM)
         self.prune_view: _PruneView | None = _PruneView(self) if _reads_only(self.pruner) else None
         self.parent: SweepRunner | None = None
         self.blocked: str | None = None  # why a dependent sweep cannot start (said once)
@@ -658,6 +663,9 @@ class Controller:
         for part in parts:
             part.wandb_id = new_run_id()
         key = point_key(flat)
+        override = runner.overrides.get(key)
+        if override:  # e.g. a CUDA OOM retry with half the batch size: same point, smaller batch
+            nested.update(override)
         start_attrs = {  # written with the first job's slot, in one transaction (see _start_part)
             st.ATTR_POINT: key,
             st.ATTR_PARAMS: nested,
@@ -665,6 +673,7 @@ class Controller:
             st.ATTR_CONTROLLER: self.controller_id,
             st.ATTR_RUN_DIR: str(run_dir.path),
             st.ATTR_WANDB: parts[0].wandb_id if len(parts) == 1 else [p.wandb_id for p in parts],
+            **({st.ATTR_OVERRIDE: override} if override else {}),
         }
         rt = _Running(
             sweep=runner,
@@ -962,6 +971,8 @@ class Controller:
                 f"exit code {rc}" if rc >= 0 else f"killed by signal {signal.Signals(-rc).name}"
             ) + where
             attrs[st.ATTR_STDERR] = bad.run_dir.tail("stderr", 30)[-4000:]
+            if _OOM.search(attrs[st.ATTR_STDERR]):
+                reason = "CUDA out of memory: " + reason
         elif metric is None:
             state, value = TrialState.COMPLETE, 0.0
             attrs[st.ATTR_NO_METRIC] = True
@@ -1037,6 +1048,10 @@ class Controller:
             if rt.attempt < runner.retries + 1 and not self.stopping:
                 runner.pending.appendleft((rt.params, rt.attempt + 1))
                 runner.counts["retried"] += 1
+                batch = rt.nested.get("batch_size")
+                oom = reason is not None and reason.startswith("CUDA out of memory")
+                if oom and runner.spec.on_oom == "halve_batch_size" and isinstance(batch, int) and batch > 1:
+                    runner.overrides[rt.point] = {"batch_size": batch // 2}
             else:
                 runner.finished += 1
         self.display.trial_finished(

@@ -51,7 +51,17 @@ WANDB_SWEEP_KEYS = (
     "project",
     "entity",
 )
-OUR_SWEEP_KEYS = ("experiment", "pruner", "retries", "wandb", "data_root", "folds", "depends_on", "init_from")
+OUR_SWEEP_KEYS = (
+    "experiment",
+    "pruner",
+    "retries",
+    "wandb",
+    "data_root",
+    "folds",
+    "depends_on",
+    "init_from",
+    "on_oom",
+)
 SWEEP_KEYS = WANDB_SWEEP_KEYS + OUR_SWEEP_KEYS
 #: W&B keys that only mean something to W&B's cloud/launch: accepted, ignored, noticed
 WANDB_ONLY_KEYS = (
@@ -488,6 +498,14 @@ def _parse_sweep(
 
     run_cap = ctx.integer(d, "run_cap", prefix, minimum=1)
     retries = ctx.integer(d, "retries", prefix, minimum=0)
+    on_oom = d.get("on_oom")
+    if on_oom is not None and on_oom not in ("retry", "halve_batch_size"):
+        ctx.fail(
+            f"on_oom must be 'retry' or 'halve_batch_size', not {on_oom!r}",
+            d.line_of("on_oom"),
+            _key(prefix, "on_oom"),
+            hint="halve_batch_size retries a CUDA out-of-memory crash with half the batch_size parameter",
+        )
     description = d.get("description")
     if description is not None and not isinstance(description, str):
         description = str(description)
@@ -519,6 +537,7 @@ def _parse_sweep(
         depends_on=depends_on,
         init_from=init_from,
         key=prefix or None,
+        on_oom=on_oom or "retry",
     )
 
 

@@ -131,6 +131,7 @@ class SweepSpec:
     depends_on: str | None = None  # a sweep of the same file that must finish first
     init_from: int | None = None  # start from the parent's best (1) or top-k checkpoints
     key: str | None = field(default=None, compare=False)  # its key path in the file, e.g. "sweeps[2]"
+    on_oom: str = "retry"  # a CUDA out-of-memory crash: retry as is, or with half the batch_size
 
     @property
     def early_terminate(self) -> PrunerSpec | None:

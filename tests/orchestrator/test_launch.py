@@ -265,3 +265,32 @@ def test_leaderboard_without_storage_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "leaderboard")
     assert proc.returncode == 2
     assert "orchestrate launch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cuda_oom_is_named_and_retried_with_half_the_batch_size(tmp_path: Path) -> None:
+    spec = write(
+        tmp_path,
+        "sweeps.yaml",
+        """
+        defaults: {slots: "cpu:1", wandb: disabled}
+        sweeps:
+          - name: oom
+            program: @CURVE@
+            method: grid
+            retries: 2
+            on_oom: halve_batch_size
+            metric: {name: score, goal: maximize}
+            parameters:
+              batch_size: {value: 64}
+              oom_above: {value: 16}
+              epochs: {value: 2}
+              sleep: {value: 0.01}
+        """,
+    )
+    run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
+    trials = sorted(load_trials(tmp_path, "oom"), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert all(t.user_attrs["orchestrate.reason"].startswith("CUDA out of memory") for t in trials[:2])
+    batches = [t.user_attrs["orchestrate.params"]["batch_size"] for t in trials]
+    assert batches == [64, 32, 16]  # 64 → OOM → 32 → OOM → 16 fits
+    assert len({t.user_attrs["orchestrate.point"] for t in trials}) == 1  # the same grid point throughout

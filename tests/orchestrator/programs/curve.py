@@ -3,7 +3,8 @@
 value(epoch) = quality * (1 - 0.5 ** (epoch + 1)), so a low-quality configuration is worse at every epoch
 (built to be prunable). ``--fail=true`` exits 3 with a message on stderr; ``--sleep`` sets seconds per epoch;
 ``--hang=true`` ignores SIGTERM (for the kill path). ``--fold`` shifts the quality a little per fold;
-``--init_checkpoint`` starts from a parent's stand-in checkpoint (a JSON file this script writes).
+``--init_checkpoint`` starts from a parent's stand-in checkpoint (a JSON file this script writes);
+``--oom_above=N`` crashes like a CUDA out-of-memory error when ``--batch_size`` exceeds N.
 """
 
 import argparse
@@ -31,6 +32,8 @@ parser.add_argument("--hang", type=flag, default=False)
 parser.add_argument("--nan", type=flag, default=False)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--fold", type=int, default=None)
+parser.add_argument("--batch_size", type=int, default=32)
+parser.add_argument("--oom_above", type=int, default=None)
 parser.add_argument("--init_checkpoint", default=None)
 args = parser.parse_args()
 
@@ -38,6 +41,9 @@ if args.fold is not None:  # folds differ a little, deterministically
     args.quality *= 1 + 0.01 * (args.fold - 1)
 if args.init_checkpoint is not None:  # a fine-tune starts from its parent's checkpoint: inherit its quality
     args.quality = min(1.0, json.loads(Path(args.init_checkpoint).read_text())["quality"] + 0.05)
+if args.oom_above is not None and args.batch_size > args.oom_above:  # what torch prints on a full GPU
+    print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", file=sys.stderr)
+    sys.exit(1)
 if args.hang:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("starting", json.dumps(vars(args)))  # an ordinary line: goes to stdout.log only

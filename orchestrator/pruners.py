@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.errors import SpecError
-
-PRUNER_TYPES = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold")
+from orchestrator.spec.model import PRUNER_TYPES  # noqa: E402
 
 
 def get_pruner(spec: Any | None, *, where: str | None = None) -> Any:
@@ -39,21 +38,14 @@ def get_pruner(spec: Any | None, *, where: str | None = None) -> Any:
                     hint="W&B supports only 'hyperband'",
                 )
             return _wandb_hyperband(opts)
-        if kind == "none":
-            return optuna.pruners.NopPruner()
-        if kind == "median":
-            return optuna.pruners.MedianPruner(**opts)
-        if kind == "percentile":
-            opts.setdefault("percentile", 25.0)
-            return optuna.pruners.PercentilePruner(**opts)
-        if kind == "successive_halving":
-            opts.setdefault("min_resource", 1)
-            return optuna.pruners.SuccessiveHalvingPruner(**opts)
-        if kind == "hyperband":
-            opts.setdefault("min_resource", 1)
-            return optuna.pruners.HyperbandPruner(**opts)
-        if kind == "threshold":
-            return optuna.pruners.ThresholdPruner(**opts)
+        if kind in PRUNER_TYPES:
+            from orchestrator.spec.loader import optuna_pruner_class  # the one type → class table
+
+            if kind == "percentile":
+                opts.setdefault("percentile", 25.0)
+            if kind in ("successive_halving", "hyperband"):
+                opts.setdefault("min_resource", 1)  # Optuna's 'auto' is unsafe with parallel trials
+            return optuna_pruner_class(kind)(**opts)
     except TypeError as exc:
         raise SpecError(
             f"bad option for the {kind} pruner: {exc}",

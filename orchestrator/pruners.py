@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.errors import SpecError
-from orchestrator.spec.model import PRUNER_TYPES  # noqa: E402
+from orchestrator.spec.model import PRUNER_TYPES
 
 
 def get_pruner(spec: Any | None, *, where: str | None = None) -> Any:

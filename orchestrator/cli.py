@@ -462,6 +462,10 @@ def datasets_check(
         from rich.pretty import Pretty
 
         Console(no_color=not sys.stdout.isatty()).print(Pretty(report))
+    if not report.get("ok", True):
+        for err in report.get("errors") or []:
+            _err_console().print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)  # the dataset cannot be used as it is
 
 
 # ------------------------------------------------------------------------------------------------ hosts

@@ -63,7 +63,7 @@ SECONDARY = (
     "test/loss",
 )
 REPEAT_PARAMS = ("fold", "seed", "repeat")
-ATTR_COST = st.A + "cost_per_hour"  # price per GPU-hour of the host (a host inventory writes it)
+ATTR_COST = st.ATTR_COST  # price per GPU-hour of the host (the controller writes it from the host inventory)
 ATTR_WANDB_PATH = st.A + "wandb_path"  # entity/project/runs/id of an online run
 ATTR_SLOT_S: str | None = getattr(st, "ATTR_GPU_S", None)  # written by newer controllers
 ATTR_FOLDS: str | None = getattr(st, "ATTR_FOLDS", None)

@@ -531,6 +531,9 @@ class Controller:
             opts.executor, self.events, hosts=opts.hosts, warm=opts.workers == "warm"
         )
         self._resting: dict[str, list[Slot]] = {}  # lost host → its slots, until it answers again
+        self._prices = {
+            h.name: h.cost_per_hour for h in opts.hosts if getattr(h, "cost_per_hour", None) is not None
+        }
         self.free: list[Slot] = list(opts.slots)
         self.trials: dict[str, _Running] = {}  # trial key → state
         self.jobs: dict[str, tuple[_Running, _Part]] = {}  # job key → (trial, part)
@@ -723,7 +726,11 @@ class Controller:
         # the child is starting: record who runs it where (a controller that dies in between leaves a trial
         # whose owner attribute, written when it was asked for, still lets the next launch recover it)
         if part is rt.parts[0]:
-            st.set_user_attrs(rt.trial, {**rt.start_attrs, st.ATTR_SLOT: slot.id, st.ATTR_HOST: slot.host})
+            attrs = {**rt.start_attrs, st.ATTR_SLOT: slot.id, st.ATTR_HOST: slot.host}
+            price = self._prices.get(slot.host)
+            if price is not None:  # the host inventory's price: the leaderboard's cost column
+                attrs[st.ATTR_COST] = price
+            st.set_user_attrs(rt.trial, attrs)
         label = spec.name if part.fold is None else f"{spec.name} fold {part.fold}"
         self.display.trial_started(label, number, slot.id, rt.flat, rt.attempt)
 

@@ -25,6 +25,7 @@ ATTR_BEST_STEP = A + "best_step"
 ATTR_LAST_VALUE = A + "last_value"
 ATTR_DURATION = A + "duration_s"  # wall time of the trial
 ATTR_GPU_S = A + "slot_s"  # slot time of all its jobs (GPU-seconds when slots are GPUs)
+ATTR_COST = A + "cost_per_hour"  # price per GPU-hour of the host the trial ran on (from the host inventory)
 ATTR_OVERRIDE = A + "override"  # parameters changed for a retry (e.g. half the batch size after a CUDA OOM)
 ATTR_STARTUP = A + "startup_s"  # slot given → first line from the child (imports, data, model set-up)
 ATTR_FOLDS = A + "fold_values"  # {fold: value} when the sweep runs folds

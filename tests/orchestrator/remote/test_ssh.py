@@ -86,7 +86,7 @@ def test_remote_trials_get_secrets_only_through_the_session(tmp_path: Path, ssh_
     a, b = ssh_boxes
     spec = sweep_file(
         tmp_path,
-        hosts_block(a.host_yaml(), b.host_yaml()),
+        hosts_block(a.host_yaml(extra="  cost_per_hour: 2.5\n"), b.host_yaml()),
         """\
         sweeps:
           - name: probe
@@ -123,6 +123,10 @@ def test_remote_trials_get_secrets_only_through_the_session(tmp_path: Path, ssh_
     assert all(t.value == 1.0 for t in trials)  # every remote trial saw the key
     hosts = {t.user_attrs["orchestrate.host"] for t in trials}
     assert hosts == {"boxa", "boxb"}
+    for t in trials:  # the inventory's price reaches the trial (the leaderboard's cost column)
+        assert t.user_attrs.get("orchestrate.cost_per_hour") == (
+            2.5 if t.user_attrs["orchestrate.host"] == "boxa" else None
+        )
     want = hashlib.sha256(SECRET.encode()).hexdigest()
     for t in trials:
         run_dir = Path(t.user_attrs["orchestrate.run_dir"])

@@ -95,13 +95,14 @@ class LiveDisplay(PlainDisplay):
         super().__init__()
         self.console = Console()
         self.rows: dict[tuple[str, int], _Row] = {}
+        self.runners: dict[str, Any] = {}  # sweep name → its SweepRunner (counts for the caption)
         self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=True)
         self.started = False  # the table appears with the first trial, below the start-up messages
 
     def _table(self) -> Any:
         from rich.table import Table
 
-        table = Table(title="running trials", expand=False)
+        table = Table(title="running trials", caption=self._caption(), caption_justify="left", expand=False)
         for col in ("sweep", "trial", "slot", "epoch", "metric", "elapsed", "params"):
             table.add_column(col)
         now = time.time()
@@ -116,6 +117,23 @@ class LiveDisplay(PlainDisplay):
                 _params(row.params),
             )
         return table
+
+    def _caption(self) -> str:
+        """Per sweep: finished/pruned/failed counts, running and queued — what `orchestrate status` shows."""
+        parts = []
+        for name, r in self.runners.items():
+            c = r.counts
+            queued = len(r.pending)
+            cap = f"/{r.cap}" if r.cap is not None else ""
+            parts.append(
+                f"{name}: {r.finished}{cap} finished ({c['complete']} complete, {c['pruned']} pruned, "
+                f"{c['failed']} failed), {r.running} running, {queued} queued"
+            )
+        return "\n".join(parts)
+
+    def sweep_ready(self, name: str, runner: Any) -> None:
+        self.runners[name] = runner
+        super().sweep_ready(name, runner)
 
     def _say(self, text: str) -> None:
         self.console.print(time.strftime("%H:%M:%S ") + text, markup=False, highlight=False)

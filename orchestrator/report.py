@@ -643,12 +643,16 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
         good = [r for r in grouped["rows"] if lb._finite(r["value"])]
         if good:
             repeats = bool(grouped["aggregated"])
-            errs = [r.get("value_std") if repeats else r.get("group_std") for r in good]
-            what = (
-                f"bar: best configuration's mean over {', '.join(grouped['repeats'])}; error bar: its std"
-                if repeats
-                else "bar: best trial; error bar: std over all complete trials with that value"
-            )
+            folds = not repeats and all(r.get("value_std") is not None for r in good)  # `folds:` trials
+            errs = [r.get("value_std") if repeats or folds else r.get("group_std") for r in good]
+            if repeats:
+                what = (
+                    f"bar: best configuration's mean over {', '.join(grouped['repeats'])}; error bar: its std"
+                )
+            elif folds:
+                what = "bar: best configuration's mean over its folds; error bar: its std over folds"
+            else:
+                what = "bar: best trial; error bar: std over all complete trials with that value"
             chart(
                 "architectures",
                 bars_svg(

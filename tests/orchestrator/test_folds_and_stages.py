@@ -114,3 +114,24 @@ def test_dependent_sweep_without_finished_parent_is_not_started(tmp_path: Path) 
     spec = write(tmp_path, "sweeps.yaml", TWO_STAGE)
     proc = run_cli(tmp_path, "launch", str(spec), "--sweep", "finetune", "--plain", check=True)
     assert "not started" in proc.stdout and "pretrain" in proc.stdout
+
+
+def test_report_of_a_cross_validated_comparison_uses_the_fold_std(tmp_path: Path) -> None:
+    """The architecture chart of a `folds:` sweep: bar = a configuration's mean over folds, error bar = its
+    std over folds (not the spread over other configurations)."""
+    spec = write(
+        tmp_path,
+        "sweeps.yaml",
+        FOLDS.replace(
+            "quality: {values: [0.9, 0.2, 0.8]}", "quality: {value: 0.9}\n      backbone: {values: [a, b]}"
+        )
+        .replace("pruner: {type: threshold, lower: 0.3}", "pruner: {type: none}")
+        .replace("sleep: {value: 0.1}", "sleep: {value: 0.01}"),
+    )
+    run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
+    run_cli(tmp_path, "report", "--out", str(tmp_path / "report"), check=True)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "error bar: its std over folds" in md
+    trials = load_trials(tmp_path, "cv")
+    std = trials[0].user_attrs["orchestrate.fold_std"]
+    assert std > 0 and f"{std:.4g}" in md  # the bar's error is the trial's own fold std

@@ -33,6 +33,7 @@ parser.add_argument("--nan", type=flag, default=False)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--fold", type=int, default=None)
 parser.add_argument("--batch_size", type=int, default=32)
+parser.add_argument("--backbone", default=None)  # accepted, so a stand-in "architecture comparison" can run
 parser.add_argument("--oom_above", type=int, default=None)
 parser.add_argument("--init_checkpoint", default=None)
 args = parser.parse_args()

@@ -430,7 +430,9 @@ def datasets_synth(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write synthetic face images in a dataset's real on-disk layout."""
-    _with_project_on_path()
+    from orchestrator.rundir import with_project_on_path
+
+    with_project_on_path()
     try:
         from datasets.synth import synthesize
 
@@ -447,7 +449,9 @@ def datasets_check(
     fmt: Annotated[PlanFormat, typer.Option("--format")] = PlanFormat.table,
 ) -> None:
     """Counts per split/fold and label, and every problem found."""
-    _with_project_on_path()
+    from orchestrator.rundir import with_project_on_path
+
+    with_project_on_path()
     try:
         from datasets.check import check
 
@@ -500,12 +504,6 @@ def hosts_check(
             for problem in r["problems"]:
                 typer.echo(f"  problem: {r['host']}: {problem}")
     raise typer.Exit(0 if all(r["ok"] for r in results) else 1)
-
-
-def _with_project_on_path() -> None:
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
 
 
 def main() -> None:

@@ -12,11 +12,22 @@ import contextlib
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# the checkout: experiments/, backbones/ and datasets/ are run from here, not installed as packages
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def with_project_on_path() -> None:
+    """Make ``experiments``/``datasets``/``backbones`` importable in the controller (children run from the root)."""
+    root = str(PROJECT_ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
 
 def safe_name(name: str) -> str:

@@ -35,11 +35,10 @@ from orchestrator.claims import open_claims
 from orchestrator.errors import RunError
 from orchestrator.executors import Job, get_executor
 from orchestrator.pruners import get_pruner
-from orchestrator.rundir import RunDir
+from orchestrator.rundir import PROJECT_ROOT, RunDir
 from orchestrator.slots import Slot
 from orchestrator.wandb_env import child_env, new_run_id
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ATTR_REMOTE = st.A + "remote"  # where a remote job runs: {"host", "run_dir", "pid"} (per fold)
 
 

@@ -7,20 +7,16 @@ reject an unknown key or a wrongly typed value with the file, line and key — b
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SpecError
+from orchestrator.rundir import with_project_on_path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_POINTS = 500
 
 
 def _experiments_config() -> Any:
-    root = str(PROJECT_ROOT)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    with_project_on_path()
     return importlib.import_module("experiments.config")
 
 

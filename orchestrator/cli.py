@@ -189,12 +189,11 @@ def _launch(
     from orchestrator.wandb_env import resolve_mode
 
     defaults = sweep_file.defaults
+    slots_spec = slots_opt or getattr(defaults, "slots", None) or "auto"
     opts = LaunchOptions(
         storage=storage_opt or getattr(defaults, "storage", None) or "sqlite:///runs/orchestrate.db",
         runs_dir=runs_dir_opt or Path(getattr(defaults, "runs_dir", None) or "runs"),
-        slots=[]
-        if slots_opt == "hosts"
-        else parse_slots(slots_opt or getattr(defaults, "slots", None) or "auto"),
+        slots=[] if slots_spec == "hosts" else parse_slots(slots_spec),  # hosts: only the remote boxes
         max_trials=max_trials,
         wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
         workers=workers,

@@ -108,7 +108,7 @@ ENVVAR = re.compile(r"\$\{envvar:([A-Za-z_][A-Za-z0-9_]*)\}")
 _MACRO = re.compile(r"^\$\{([^}]*)\}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _EXPERIMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SLOTS = re.compile(r"^(auto|cpu:[1-9]\d*|gpu:(all|\d+)(x[1-9]\d*)?(,\d+(x[1-9]\d*)?)*)$")
+_SLOTS = re.compile(r"^(auto|hosts|cpu:[1-9]\d*|gpu:(all|\d+)(x[1-9]\d*)?(,\d+(x[1-9]\d*)?)*)$")
 _MAX_GRID_AXIS = 1_000_000
 
 # distribution -> the settings it takes (besides ``distribution``)
@@ -361,7 +361,7 @@ def _parse_defaults(ctx: _Ctx, raw: Any, line: int | None) -> Defaults:
             f"invalid slots '{slots}'",
             d.line_of("slots"),
             "defaults.slots",
-            hint="use auto, cpu:N, gpu:0,1 (GPU ids) or gpu:0x2 (2 trials on GPU 0)",
+            hint="use auto, cpu:N, gpu:0,1 (GPU ids), gpu:0x2 (2 trials on GPU 0) or hosts (only defaults.hosts)",
         )
     storage = ctx.string(d, "storage", "defaults") or base.storage
     runs_dir = ctx.string(d, "runs_dir", "defaults") or base.runs_dir

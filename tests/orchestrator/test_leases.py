@@ -7,6 +7,7 @@ Time passing is simulated by moving rows back on the database's own clock (no sl
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,61 @@ def test_a_claims_table_from_before_claimed_at_gets_the_column(engine: sa.Engine
         times = conn.execute(sa.text("SELECT claimed_at FROM orchestrate_claims")).scalars().all()
     assert all(t is not None for t in times)
 
+
+def test_launch_takes_over_a_dead_remote_controllers_trial_at_start(tmp_path: Path) -> None:
+    """SQLite, in a real ``launch``: a trial left RUNNING by a controller on another host whose heartbeat is
+    100 s old (lease 3 s) is marked interrupted and re-run; its claim is taken over; the grid runs once."""
+    import optuna
+
+    from orchestrator.scheduler import point_key
+    from orchestrator.spec import load_sweeps
+    from tests.orchestrator.conftest import load_trials, run_cli, write
+
+    spec = write(
+        tmp_path,
+        "sweeps.yaml",
+        """\
+        defaults: {slots: "cpu:2", wandb: disabled, retries: 0, lease: 3}
+        sweeps:
+          - name: s
+            program: @CURVE@
+            method: grid
+            metric: {name: score, goal: maximize}
+            parameters:
+              quality: {values: [0.2, 0.5, 0.8]}
+              epochs: {value: 2}
+              sleep: {value: 0.01}
+        """,
+    )
+    sweep = load_sweeps(spec).sweeps[0]
+    flat = sweep.parameters.grid()[1]
+    params = sweep.parameters.encode(flat, grid=True)
+    url = f"sqlite:///{tmp_path / 'runs' / 'orchestrate.db'}"
+    (tmp_path / "runs").mkdir()
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    study.enqueue_trial(params)
+    trial = study.ask()
+    assert sweep.parameters.sample(trial, grid=True) == flat  # the point, with the grid's own distributions
+    trial.set_user_attr(st.ATTR_POINT, point_key(flat))
+    trial.set_user_attr(st.ATTR_CONTROLLER, REMOTE)
+    engine = sa.create_engine(url)
+    Leases(engine, REMOTE, lease_s=3).beat()
+    age_row(engine, REMOTE, 100)
+    assert Claims(engine, "s", REMOTE).claim(point_key(params), 1)  # what a controller claims
+
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
+    said = r"\[s\] controller machine-b:4242 last seen 1\d\d s ago \(lease 3 s\): taking over 1 trial\(s\)"
+    assert re.search(said, proc.stdout), proc.stdout
+    assert "[s] 3 complete, 0 pruned, 0 failed, 1 recovered from a dead controller" in proc.stdout
+    trials = load_trials(tmp_path, "s")
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+    assert len({t.user_attrs[st.ATTR_POINT] for t in trials if t.state.name == "COMPLETE"}) == 3
+    (lost,) = [t for t in trials if t.state.name == "FAIL"]
+    assert lost.number == trial.number and lost.user_attrs[st.ATTR_INTERRUPTED] is True
+    with engine.connect() as conn:
+        owners = set(conn.execute(sa.text("SELECT controller FROM orchestrate_claims")).scalars())
+        finished = conn.execute(
+            sa.text(f"SELECT finished_at FROM {TABLE} WHERE controller != :c"), {"c": REMOTE}
+        ).scalar_one()
+    assert REMOTE not in owners and len(owners) == 1
+    assert finished is not None  # the launch marked its heartbeat row finished when it exited

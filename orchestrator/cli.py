@@ -115,6 +115,15 @@ def launch(
         bool | None,
         typer.Option("--plain/--live", help="Plain log lines or a live table (default: live on a terminal)."),
     ] = None,
+    lease: Annotated[
+        float | None,
+        typer.Option(
+            "--lease",
+            min=1.0,
+            help="Seconds this controller may stay silent before others sharing the storage take its trials "
+            "over (default: the file's defaults.lease, else 30).",
+        ),
+    ] = None,
 ) -> None:
     """Run the sweeps in FILE, resuming whatever the storage already holds."""
     try:
@@ -130,6 +139,7 @@ def launch(
             no_wandb,
             plain,
             workers.value,
+            lease,
         )
     except (OrchestrateError, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
@@ -164,6 +174,7 @@ def _launch(
     no_wandb: bool,
     plain: bool | None,
     workers: str = "warm",
+    lease: float | None = None,
 ) -> int:
     from orchestrator.spec import load_sweeps
     from orchestrator.validate import validate_experiments
@@ -183,6 +194,7 @@ def _launch(
             _print_plan(plan)
         return 0
 
+    from orchestrator.leases import DEFAULT_LEASE_S
     from orchestrator.live import make_display
     from orchestrator.scheduler import Controller, LaunchOptions
     from orchestrator.slots import parse_slots
@@ -197,6 +209,7 @@ def _launch(
         max_trials=max_trials,
         wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
         workers=workers,
+        lease_s=lease or getattr(defaults, "lease", None) or DEFAULT_LEASE_S,
     )
     _check_writable(opts.runs_dir)
     if getattr(defaults, "hosts", None):  # remote boxes: their slots too, local ones here, remote over ssh

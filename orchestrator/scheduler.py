@@ -9,6 +9,11 @@ Exact accounting: every trial carries the identity of its parameter point (``orc
 the controller reads the study: points COMPLETE or PRUNED are done; points that FAILed are re-run with the
 same parameters until ``retries`` is spent; trials left RUNNING by a controller that died are marked FAIL
 (``interrupted``, not counted as an attempt) and re-run. A grid of N points runs each point exactly once.
+
+Controllers sharing a study (``orchestrator/claims.py``, ``orchestrator/leases.py``): a controller that runs out
+of work while other controllers still run or hold points of its sweeps waits for them, re-reading the study
+now and then, and takes their points over when one dies (on another host: its heartbeat is older than its
+lease).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from orchestrator import storage as st
 from orchestrator.claims import open_claims
 from orchestrator.errors import RunError
 from orchestrator.executors import Job, get_executor
+from orchestrator.leases import DEFAULT_LEASE_S, open_leases
 from orchestrator.pruners import get_pruner
 from orchestrator.rundir import PROJECT_ROOT, RunDir
 from orchestrator.slots import Slot
@@ -78,6 +84,7 @@ class LaunchOptions:
     executor: str = "local"
     workers: str = "warm"  # warm: fork trials from a pre-imported worker per slot; fresh: a new process each
     hosts: tuple[Any, ...] = ()  # HostSpec of the remote slots (orchestrator/hosts.py)
+    lease_s: float = DEFAULT_LEASE_S  # a controller silent for longer is dead to the others (leases.py)
 
 
 @dataclass
@@ -245,7 +252,7 @@ class _PruneView:
 class SweepRunner:
     """One sweep's study and its queue of work in this launch."""
 
-    def __init__(self, spec: Any, storage: Any, opts: LaunchOptions) -> None:
+    def __init__(self, spec: Any, storage: Any, opts: LaunchOptions, leases: Any = None) -> None:
         import optuna
 
         self.spec = spec
@@ -302,29 +309,34 @@ class SweepRunner:
         self.blocked: str | None = None  # why a dependent sweep cannot start (said once)
         self._storage = storage
         self._checkpoints: list[str] | None = None
-        self.claims = open_claims(storage, spec.name, st.controller_id())  # shared storage: no point twice
+        self.leases = leases  # heartbeats: judges controllers on other hosts (None: a journal storage)
+        # shared storage: no point twice
+        self.claims = open_claims(storage, spec.name, st.controller_id(), leases)
         self.orphans: list[dict[str, Any]] = []  # remote processes of trials a dead controller left
+        self.elsewhere: set[str] = set()  # other live controllers running points of this sweep
+        self.notes: list[str] = []  # what the controller should say (takeovers)
         self._recover()
 
-    # ----- start-up: read the study, work out what is left -----
+    # ----- start-up (and while waiting for other controllers): read the study, work out what is left -----
     def _recover(self) -> None:
-        import optuna
         from optuna.trial import TrialState
 
+        self.pending.clear()
+        self.finished = 0
+        self.elsewhere = set()
+        if self.claims is not None:
+            self.claims.blocked_by.clear()
+        taken: dict[str, int] = {}
         points: dict[str, list[Any]] = {}
         for t in self.study.get_trials(deepcopy=False):
-            if (
-                t.state == TrialState.RUNNING
-                and not st.owner_alive(t.user_attrs.get(st.ATTR_CONTROLLER))
-                and not self._just_asked(t)
-            ):
-                storage = self.study._storage
-                storage.set_trial_user_attr(t._trial_id, st.ATTR_INTERRUPTED, True)
-                storage.set_trial_user_attr(t._trial_id, st.ATTR_REASON, "controller died while it ran")
-                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-                self.counts["recovered"] += 1
-                self.orphans += [v for k, v in t.user_attrs.items() if k.startswith(ATTR_REMOTE)]
-                t = self.study._storage.get_trial(t._trial_id)
+            if t.state == TrialState.RUNNING and t._trial_id not in self.live:
+                owner = t.user_attrs.get(st.ATTR_CONTROLLER)
+                if st.owner_alive(owner, self.leases) or self._just_asked(t):
+                    self.elsewhere.add(str(owner))
+                else:
+                    if self._interrupt(t):
+                        taken[str(owner)] = taken.get(str(owner), 0) + 1
+                    t = self.study._storage.get_trial(t._trial_id)
             if t.state == TrialState.WAITING:
                 continue
             if t.state == TrialState.FAIL and not self._has_point(t):
@@ -343,7 +355,7 @@ class SweepRunner:
                 done.add(key)
                 self.finished += 1
                 continue
-            if TrialState.RUNNING in states:  # another live controller runs it
+            if TrialState.RUNNING in states:  # another live controller (or this one) runs it
                 done.add(key)
                 continue
             used = sum(1 for t in trials if not t.user_attrs.get(st.ATTR_INTERRUPTED))
@@ -360,6 +372,39 @@ class SweepRunner:
                 if key not in done:
                     done.add(key)
                     self.pending.append((self._optuna_params(flat), 1))
+        for owner, n in taken.items():
+            self.notes.append(f"[{self.spec.name}] {self._describe(owner)}: taking over {n} trial(s)")
+
+    def _interrupt(self, t: Any) -> bool:
+        """Mark a trial its dead controller left RUNNING as interrupted (FAIL, not an attempt): it is re-run.
+        False when another controller did so first."""
+        import optuna
+
+        storage = self.study._storage
+        try:
+            storage.set_trial_user_attr(t._trial_id, st.ATTR_INTERRUPTED, True)
+            storage.set_trial_user_attr(t._trial_id, st.ATTR_REASON, "controller died while it ran")
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        self.counts["recovered"] += 1
+        self.orphans += [v for k, v in t.user_attrs.items() if k.startswith(ATTR_REMOTE)]
+        return True
+
+    def _describe(self, owner: str) -> str:
+        """``controller host:pid last seen 41 s ago (lease 30 s)`` — why a controller counts as dead."""
+        name = owner.rsplit(":", 1)[0] if owner.count(":") >= 2 else owner
+        if self.leases is not None and owner.count(":") >= 2 and owner.rsplit(":", 2)[0] != st.host_id():
+            return f"controller {name} {self.leases.verdict(owner).why}"
+        return f"controller {name} is no longer running"
+
+    def waiting_on(self) -> set[str]:
+        """Other live controllers that run or hold points this sweep still needs (empty: nothing to wait for)."""
+        if self.leases is None or self.target_reached() or self.blocked is not None:
+            return set()  # a journal storage: no heartbeats to judge others by, so no waiting for them
+        if self.cap is not None and self.finished >= self.cap:
+            return set()
+        return self.elsewhere | (self.claims.blocked_by if self.claims is not None else set())
 
     def _just_asked(self, t: Any) -> bool:
         """A RUNNING trial that a live controller sharing the storage created a moment ago (owner not yet written)."""
@@ -477,7 +522,7 @@ class SweepRunner:
         return self.spec.method != "grid"
 
     def done(self) -> bool:
-        return self.running == 0 and not self.can_start()
+        return self.running == 0 and not self.can_start() and not self.waiting_on()
 
     def _claim(self, fixed: dict[str, Any], attempt: int) -> bool:
         return self.claims is None or self.claims.claim(point_key(fixed), attempt)
@@ -518,6 +563,10 @@ class SweepRunner:
         return optuna.Trial(study, trial_id)
 
 
+class _TakenOver(RunError):
+    """Another controller took this one's trials over (it was silent for longer than its lease)."""
+
+
 class Controller:
     """Runs the sweeps of one launch on a set of slots."""
 
@@ -543,9 +592,31 @@ class Controller:
         self.stopping = False
         self.outcome = Outcome(slots=len(opts.slots))
         self.runners: list[SweepRunner] = []
+        self.leases: Any = None  # this controller's heartbeat (orchestrator/leases.py); None: journal storage
+        # monotonic times of the next look at other controllers, and of the next re-read of the studies
+        self._next_watch = 0.0
+        self._next_rescan = 0.0
+        self._said_waiting = False
 
     # ----- main loop -----
     def run(self) -> Outcome:
+        import optuna
+
+        try:
+            return self._run()
+        except (_TakenOver, optuna.exceptions.UpdateFinishedTrialError) as exc:
+            # another controller took this one's trials over: stop what still runs here, say so, no traceback
+            for _, part in list(self.jobs.values()):
+                if part.job is not None:
+                    self.executor.stop(part.job, grace=2.0)
+            if isinstance(exc, _TakenOver):
+                raise
+            raise self._taken_over(f"a trial it ran ({exc})") from exc
+        finally:
+            if self.leases is not None:
+                self.leases.stop()  # marked finished: others may take over what this one leaves at once
+
+    def _run(self) -> Outcome:
         import optuna
 
         optuna.logging.set_verbosity(
@@ -553,13 +624,17 @@ class Controller:
         )  # the display says what happens, not Optuna's log
         t0 = time.time()
         storage = st.get_storage(self.opts.storage)
-        self.runners = [SweepRunner(spec, storage, self.opts) for spec in self.specs]
+        self.leases = open_leases(storage, self.controller_id, self.opts.lease_s)
+        if self.leases is not None:
+            self.leases.start()  # the first heartbeat is written before any claim
+        self.runners = [SweepRunner(spec, storage, self.opts, self.leases) for spec in self.specs]
         by_name = {r.spec.name: r for r in self.runners}
         for r in self.runners:
             if getattr(r.spec, "depends_on", None):
                 r.attach_parent(by_name.get(r.spec.depends_on), storage)
         for r in self.runners:
             self.display.sweep_ready(r.spec.name, r)
+        self._say_notes()
         orphans = [o for r in self.runners for o in r.orphans]
         if orphans and hasattr(self.executor, "cleanup"):
             for note in self.executor.cleanup(orphans):
@@ -573,8 +648,9 @@ class Controller:
                     stop_sent = True
                     self._stop_all()
                 if not self.stopping:
+                    self._watch_others()
                     self._fill_slots()
-                if not self.jobs and not self._waiting_for_hosts():
+                if not self.jobs and not self._waiting_for_hosts() and not self._waiting_for_others():
                     break
                 try:
                     # blocks until a child reports or exits; the timeout only refreshes the live view and
@@ -598,6 +674,95 @@ class Controller:
                 self.display.message(f"[{r.spec.name}] not started: {r.blocked}")
             self.outcome.counts[r.spec.name] = dict(r.counts, finished=r.finished)
         return self.outcome
+
+    # ----- other controllers sharing the studies -----
+    def _watch_others(self) -> None:
+        """Take over the points of another controller that died; notice if this one was silent past its lease.
+
+        At most every second a few cheap reads (the heartbeat table); the studies are re-read when a controller
+        this one waits for died, or every lease/3 (1-10 s) while slots are free (to see its points finish).
+        """
+        if self.leases is None:
+            return
+        now = time.monotonic()
+        if now < self._next_watch:
+            return
+        self._next_watch = now + min(1.0, self.opts.lease_s / 5)
+        if self.leases.lapsed is not None:
+            self._check_lapse()
+        owners = {o for r in self.runners for o in r.waiting_on()}
+        if not owners:
+            return
+        dead = any(not st.owner_alive(o, self.leases) for o in owners)
+        if not dead and (now < self._next_rescan or not self.free):
+            return
+        self._next_rescan = now + min(max(self.opts.lease_s / 3, 1.0), 10.0)
+        orphans: list[dict[str, Any]] = []
+        for r in self.runners:
+            if r.waiting_on():
+                before = len(r.orphans)
+                r._recover()
+                orphans += r.orphans[before:]
+        self._say_notes()
+        if orphans and hasattr(self.executor, "cleanup"):
+            for note in self.executor.cleanup(orphans):
+                self.display.message(note)
+
+    def _waiting_for_others(self) -> bool:
+        """Nothing of ours runs, but other live controllers run or hold points these sweeps need: wait (and
+        ``_watch_others`` takes their points over if one dies)."""
+        if self.stopping or self.leases is None:
+            return False
+        owners = sorted({o for r in self.runners for o in r.waiting_on()})
+        if owners and not self._said_waiting:
+            self._said_waiting = True
+            names = ", ".join(o.rsplit(":", 1)[0] for o in owners)
+            self.display.message(
+                f"waiting for other controller(s) running points of these sweeps ({names}); "
+                f"a controller whose heartbeat stops for longer than its lease has its points taken over"
+            )
+        return bool(owners)
+
+    def _check_lapse(self) -> None:
+        """This controller could not write its heartbeat for longer than its lease (suspended, database away):
+        another may have judged it dead and taken its trials over. If so, stop (it re-runs them)."""
+        from optuna.trial import TrialState
+
+        try:
+            gone = [
+                rt
+                for rt in self.trials.values()
+                if rt.sweep.study._storage.get_trial(rt.trial._trial_id).state != TrialState.RUNNING
+            ]
+        except Exception:  # the database is away again: look at the next watch
+            return
+        if gone:
+            raise self._taken_over(f"{len(gone)} of its trial(s)")
+        self.display.message(
+            f"this controller's heartbeat stopped for {self.leases.lapsed:.0f} s (longer than its lease, "
+            f"{self.opts.lease_s:g} s); none of its trials was taken over"
+        )
+        self.leases.lapsed = None
+
+    def _taken_over(self, what: str) -> _TakenOver:
+        lapsed = self.leases.lapsed if self.leases is not None else None
+        why = (
+            f"this controller's heartbeat stopped for {lapsed:.0f} s, longer than its lease "
+            f"({self.opts.lease_s:g} s), and another controller sharing the storage took over {what}"
+            if lapsed is not None
+            else f"another controller sharing the storage took over {what}"
+        )
+        return _TakenOver(
+            why + ": stopping",
+            hint="it re-runs what it took over; run `orchestrate launch` again to help with the rest "
+            "(a longer --lease / defaults.lease suits machines that sleep)",
+        )
+
+    def _say_notes(self) -> None:
+        for r in self.runners:
+            for note in r.notes:
+                self.display.message(note)
+            r.notes.clear()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # runs in the main thread between bytecodes: only set a flag, the loop does the rest

@@ -157,7 +157,8 @@ class RunDir:
                 continue
             if (self.path / item.name).is_dir() and not (self.path / item.name).is_symlink():
                 shutil.rmtree(self.path / item.name)
-            shutil.move(str(item), str(self.path / item.name))  # the checkpoint last: it marks a complete move
+            # the checkpoint goes last: its presence means the move is complete
+            shutil.move(str(item), str(self.path / item.name))
         return True
 
     def wandb_runs(self) -> list[Path]:

@@ -287,12 +287,27 @@ class SSHExecutor(Executor):
         return copies
 
     def _listing(self, host: HostSpec, rel: str) -> dict[str, str] | None:
-        """``{path: "TYPE SIZE MTIME"}`` of the host's run directory (None: it does not exist)."""
-        command = f"cd {hs.remote_path(host.workdir)} && cd {shlex.quote(rel)} && {_LIST}"
-        proc = hs.run_ssh(host, self.ctl, command, timeout=120)
-        if proc.returncode != 0:
+        """``{path: "TYPE SIZE MTIME"}`` of the host's run directory (None: it does not exist; ``{".": ""}``:
+        the host's ``find`` cannot list it — not GNU find — so everything is copied)."""
+        command = f"cd {hs.remote_path(host.workdir)} && {{ cd {shlex.quote(rel)} 2>/dev/null || exit 3; }} && {_LIST}"
+        try:
+            proc = subprocess.run(
+                hs.ssh_argv(host, self.ctl, command),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise hs.HostUnreachable(f"host {host.name}: no answer within 120s") from exc
+        if proc.returncode == 255:
+            raise hs.HostUnreachable(f"host {host.name}: {proc.stderr.decode(errors='replace').strip()}")
+        if proc.returncode == 3:
             return None
-        return _parse_listing(proc.stdout)
+        found = _parse_listing(proc.stdout.decode("utf-8", "surrogateescape"))
+        if not found and proc.returncode != 0:
+            return {".": ""}
+        return found  # find's own complaints (a file gone while it looked) leave the rest of the list
 
     def _push(self, job: Job, host: HostSpec, skip: set[str]) -> dict[str, str] | None:
         """Send the controller's run directory (e.g. the checkpoint a re-queued job resumes from) to the host,
@@ -304,7 +319,7 @@ class SSHExecutor(Executor):
         rel = shlex.quote(self.remote_run_dir(job))
         command = (
             f"cd {hs.remote_path(host.workdir)} && rm -rf {rel} && mkdir -p {rel} && cd {rel} && "
-            f"tar -xf - && {_LIST}"
+            f"tar -xf - && {{ {_LIST} || true; }}"
         )
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
@@ -342,7 +357,7 @@ class SSHExecutor(Executor):
         want = sorted(
             n
             for n, sig in listing.items()
-            if n.split("/")[0] not in skip and seen.get(n) != sig and not _partial(n)
+            if n == "." or (n.split("/")[0] not in skip and seen.get(n) != sig and not _partial(n))
         )
         if not want:
             return 0
@@ -380,7 +395,8 @@ class SSHExecutor(Executor):
             except OSError:
                 _discard([(name, tmp, target)])
                 continue
-            seen[name] = listing[name]
+            if name in listing:
+                seen[name] = listing[name]
         return len(staged)
 
     def _exit(self, job: Job, rc: int) -> None:
@@ -590,7 +606,7 @@ def _receive(stream: Any, dest: Path, skip: set[str]) -> list[tuple[str, Path, P
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 name = (member.name[2:] if member.name.startswith("./") else member.name).rstrip("/")
-                if not name or name == "." or name.split("/")[0] in skip:
+                if not name or name == "." or name.split("/")[0] in skip or _partial(name):
                     continue
                 member.name = name
                 try:

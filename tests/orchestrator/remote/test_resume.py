@@ -325,3 +325,36 @@ def test_a_copy_cut_short_leaves_the_previous_checkpoint_whole(tmp_path: Path) -
     assert (dest / "checkpoint_last.pt").read_bytes() == b"epoch 3"  # received, not yet renamed into place
     _discard(staged)
     assert not list(dest.rglob("*.orch-part"))
+
+
+def test_checkpoints_arriving_during_a_copy_are_coalesced_into_one_copy_of_the_newest(tmp_path: Path) -> None:
+    """The copier's scheduling alone (the copy itself is a stand-in that waits for the test to let it finish)."""
+    import threading
+    import types
+
+    from orchestrator.executors._base import Job
+    from orchestrator.executors.ssh import _CheckpointSync
+    from orchestrator.rundir import RunDir
+    from orchestrator.slots import Slot
+
+    started, release = threading.Semaphore(0), threading.Event()
+    copies: list[tuple[str, ...]] = []
+
+    def pull(job: Any, host: Any, skip: Any, seen: Any, last: tuple[str, ...] = ()) -> int:
+        copies.append(last)
+        started.release()
+        release.wait()
+        return 1
+
+    ex = types.SimpleNamespace(_pull=pull, sync_times=[])
+    job = Job(key="s#0", slot=Slot(id="h:cpu0", kind="cpu", host="h"), run_dir=RunDir(tmp_path), argv=[])
+    sync = _CheckpointSync(ex, job, None, set(), {})  # type: ignore[arg-type]
+    sync.request({"event": "checkpoint", "epoch": 1, "path": "checkpoint_last.pt"})
+    started.acquire()  # the copy of epoch 1 runs …
+    for epoch in (2, 3, 4):  # … while three more checkpoints arrive: the reader is not held up
+        sync.request({"event": "checkpoint", "epoch": epoch, "path": "checkpoint_last.pt"})
+    release.set()
+    started.acquire()  # one more copy, for the newest
+    sync.close()
+    assert len(copies) == 2 and copies[-1] == ("checkpoint_last.pt",)
+    assert job.checkpoint_epoch == 4 and len(ex.sync_times) == 2

@@ -383,6 +383,8 @@ for epoch in range(start_epoch, cfg.epochs):
         bad_epochs = 0
         if cfg.save_best:
             # "model" holds the backbone's own keys, so `pretrained: <run>/checkpoint_best.pt` loads it
+            # written aside and renamed: a copy taken meanwhile (remote sync) is never torn
+            tmp_best = rd.checkpoint_best.with_suffix(".pt.tmp")
             torch.save(
                 {
                     "model": net.state_dict(),
@@ -393,8 +395,9 @@ for epoch in range(start_epoch, cfg.epochs):
                     "config": config_mod.to_dict(cfg),
                     "tasks": T.describe(tasks),
                 },
-                rd.checkpoint_best,
+                tmp_best,
             )
+            os.replace(tmp_best, rd.checkpoint_best)
     else:
         bad_epochs += 1
     ck = {
@@ -412,6 +415,7 @@ for epoch in range(start_epoch, cfg.epochs):
     tmp = rd.checkpoint_last.with_suffix(".pt.tmp")
     torch.save(ck, tmp)
     os.replace(tmp, rd.checkpoint_last)
+    protocol.checkpoint(epoch + 1, rd.checkpoint_last.name)  # a remote trial's controller copies it back now
     print(
         f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in reported(metrics).items())
     )

@@ -499,12 +499,16 @@ def hosts_check(
     try:
         if not file.exists():
             raise UsageError(f"{file}: no such sweep file", hint="pass the sweep file that lists the hosts")
-        defaults = load_sweeps(file).defaults
+        loaded = load_sweeps(file)
+        defaults = loaded.defaults
         if not defaults.hosts:
             raise UsageError(
                 f"{file}: no hosts (defaults.hosts is empty)", hint="add a 'hosts:' list to defaults"
             )
-        results = hs.check_all(defaults.hosts, data_root=defaults.data_root)
+        from orchestrator.datasync import sweep_units
+
+        # the sweeps' dataset folders are the controller's: launch copies them to each host once
+        results = hs.check_all(defaults.hosts, datasets=sweep_units(loaded.sweeps))
     except OrchestrateError as exc:
         _fail(exc)
         return

@@ -46,6 +46,7 @@ from orchestrator.slots import Slot
 from orchestrator.wandb_env import child_env, new_run_id
 
 ATTR_REMOTE = st.A + "remote"  # where a remote job runs: {"host", "run_dir", "pid"} (per fold)
+ATTR_RESUMED = st.A + "resumed_from_epoch"  # the job continued from a checkpoint of this epoch (per fold)
 
 
 def point_key(flat_params: dict[str, Any]) -> str:
@@ -161,6 +162,7 @@ class _Part:
     duration: float = 0.0
     wandb_id: str = ""
     ready_s: float | None = None  # from the job's start to its first info/metric line (start-up cost)
+    logged: set[int] = field(default_factory=set)  # steps in metrics.jsonl (a resumed job re-reports them)
 
 
 @dataclass
@@ -315,6 +317,7 @@ class SweepRunner:
         self.orphans: list[dict[str, Any]] = []  # remote processes of trials a dead controller left
         self.elsewhere: set[str] = set()  # other live controllers running points of this sweep
         self.notes: list[str] = []  # what the controller should say (takeovers)
+        self.resume_from: dict[str, Any] = {}  # point → its interrupted trial (a checkpoint may be left)
         self._recover()
 
     # ----- start-up (and while waiting for other controllers): read the study, work out what is left -----
@@ -322,6 +325,7 @@ class SweepRunner:
         from optuna.trial import TrialState
 
         self.pending.clear()
+        self.resume_from.clear()
         self.finished = 0
         self.elsewhere = set()
         if self.claims is not None:
@@ -366,6 +370,8 @@ class SweepRunner:
             latest = max(trials, key=lambda t: t.number)
             done.add(key)
             self.pending.append((dict(latest.params), used + 1))
+            if latest.user_attrs.get(st.ATTR_INTERRUPTED):
+                self.resume_from[key] = latest  # its re-run continues from its checkpoint, if it left one
         if self.spec.method == "grid":
             for flat in self.spec.parameters.grid():
                 key = point_key(flat)
@@ -833,6 +839,9 @@ class Controller:
         override = runner.overrides.get(key)
         if override:  # e.g. a CUDA OOM retry with half the batch size: same point, smaller batch
             nested.update(override)
+        prior = runner.resume_from.pop(key, None)
+        if prior is not None:
+            self._carry_over(prior, parts, f"trial {trial.number} of {spec.name}")
         start_attrs = {  # written with the first job's slot, in one transaction (see _start_part)
             st.ATTR_POINT: key,
             st.ATTR_PARAMS: nested,
@@ -857,6 +866,30 @@ class Controller:
         self.trials[rt.key] = rt
         runner.running += 1
         return rt
+
+    def _carry_over(self, prior: Any, parts: list[_Part], label: str) -> None:
+        """A re-run of a trial the controller was stopped in (died, Ctrl-C) starts from that trial's checkpoint
+        (moved into its own run directory) and continues its W&B run (same run id)."""
+        old_dir = prior.user_attrs.get(st.ATTR_RUN_DIR)
+        ids = prior.user_attrs.get(st.ATTR_WANDB)
+        ids = ids if isinstance(ids, list) else [ids]
+        if not old_dir:
+            return
+        for i, part in enumerate(parts):
+            old = RunDir(Path(old_dir) if part.fold is None else Path(old_dir) / f"fold{part.fold}")
+            try:
+                carried = part.run_dir.carry_over(old)
+            except OSError as exc:
+                self.display.message(f"{label}: cannot take the checkpoint of trial {prior.number}: {exc}")
+                continue
+            if carried and i < len(ids) and ids[i]:
+                part.wandb_id = str(ids[i])
+            if carried:
+                where = "" if part.fold is None else f" (fold {part.fold})"
+                self.display.message(
+                    f"{label}{where} continues from the checkpoint of trial {prior.number} (moved here, with its "
+                    "W&B run)"
+                )
 
     def _start_part(self, rt: _Running, part: _Part, slot: Slot) -> None:
         spec = rt.sweep.spec
@@ -984,6 +1017,17 @@ class Controller:
             }
             rt.trial.set_user_attr(ATTR_REMOTE + ("" if part.fold is None else f".fold{part.fold}"), where)
             return
+        if kind == protocol.EVENT_INFO and "resumed_from_epoch" in event:  # it continued from a checkpoint
+            fold = "" if part.fold is None else f" fold {part.fold}"
+            self.display.message(
+                f"trial {rt.trial.number} of {rt.sweep.spec.name}{fold} resumed from its checkpoint "
+                f"after epoch {event['resumed_from_epoch']}"
+            )
+            with contextlib.suppress(Exception):  # only a record: the storage may be busy
+                rt.trial.set_user_attr(
+                    ATTR_RESUMED + ("" if part.fold is None else f".fold{part.fold}"),
+                    event["resumed_from_epoch"],
+                )
         if part.ready_s is None and kind in (protocol.EVENT_INFO, protocol.EVENT_METRICS):
             part.ready_s = time.time() - job.started  # slot given → the child is set up and training
         if kind == protocol.EVENT_SUMMARY:
@@ -995,8 +1039,10 @@ class Controller:
         step = event.get("step")
         step = int(step) if isinstance(step, (int, float)) else part.steps
         part.steps += 1
-        with open(job.run_dir.metrics_jsonl, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        if step not in part.logged:  # a job resumed after its host was lost re-reports the steps before
+            part.logged.add(step)
+            with open(job.run_dir.metrics_jsonl, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         metric = rt.sweep.metric
         value = protocol.as_float(metrics.get(metric.name)) if metric is not None else None
         label = rt.sweep.spec.name if part.fold is None else f"{rt.sweep.spec.name} fold {part.fold}"
@@ -1087,8 +1133,11 @@ class Controller:
         part.state, part.job, part.steps, part.last_value, part.summary = "pending", None, 0, None, None
         part.values.clear()
         self.outcome.busy_s += (job.ended or time.time()) - job.started
+        # the trial itself says which epoch it resumed from (the copy may hold a newer one than announced)
+        resumes = "; it resumes from its checkpoint copied back" if job.checkpoint_epoch is not None else ""
         self.display.message(
-            f"{job.lost}: trial {rt.trial.number} of {rt.sweep.spec.name} goes back to the queue (not a failure)"
+            f"{job.lost}: trial {rt.trial.number} of {rt.sweep.spec.name} goes back to the queue "
+            f"(not a failure{resumes})"
         )
         if hasattr(self.executor, "host_lost"):
             self.executor.host_lost(host)

@@ -7,7 +7,11 @@ The workload of ``bench/utilisation.py``: ``--trials`` runs of a fixed-duration 
 trial appends its own clock, so every runner is measured the same way:
 
 * ``optuna_threads``: plain Optuna in one process, ``study.optimize(objective, n_trials=N, n_jobs=slots)``
-  over a ``GridSampler`` of the N points (in-memory storage); the objective runs the subprocess;
+  over a ``GridSampler`` of the N points (in-memory storage); the objective runs the subprocess. It runs
+  inside this benchmark's process, where Optuna is already imported, and keeps nothing on disk;
+* ``optuna_threads_sqlite``: the same script as a command of its own (``python bench/programs/optuna_threads.py``)
+  with a fresh SQLite study — what a user writes to keep results: it pays the interpreter, the imports and the
+  schema creation, as ``orchestrate launch`` does;
 * ``optuna_processes``: ``slots`` processes sharing one SQLite study with the N points enqueued
   (``enqueue_trial``), each running ``study.optimize(objective, n_trials=N/slots)``
   (``bench/programs/optuna_shared.py``) — duplicated and missing points counted;
@@ -66,6 +70,21 @@ def run_optuna_threads(workdir: Path, n: int, slots: int, duration: float) -> di
         return float(point)
 
     study.optimize(objective, n_trials=n, n_jobs=slots)
+    wall = time.time() - t0
+    return fixed_result(read_clocks(clock), n, slots, wall)
+
+
+def run_optuna_threads_sqlite(workdir: Path, n: int, slots: int, duration: float) -> dict[str, Any]:
+    fresh_dir(workdir)
+    clock = workdir / "clock.jsonl"
+    env = child_env(workdir, BENCH_CLOCK_FILE=str(clock), BENCH_RUNNER="optuna_threads_sqlite")
+    script = Path(__file__).resolve().parent / "programs" / "optuna_threads.py"
+    t0 = time.time()
+    subprocess.run(
+        [sys.executable, str(script), f"--storage=sqlite:///{workdir / 'study.db'}", f"--trials={n}",
+         f"--jobs={slots}", f"--duration={duration}"],
+        env=env, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
     wall = time.time() - t0
     return fixed_result(read_clocks(clock), n, slots, wall)
 
@@ -167,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
         base = args.workdir or Path(tmp)
         runners["orchestrate"] = run_orchestrate_fixed(base / "orchestrate", n, slots, d)
         runners["optuna_threads"] = run_optuna_threads(base / "optuna_threads", n, slots, d)
+        runners["optuna_threads_sqlite"] = run_optuna_threads_sqlite(
+            base / "optuna_threads_sqlite", n, slots, d
+        )
         runners["optuna_processes"] = run_optuna_processes(base / "optuna_processes", n, slots, d)
         runners["ray_tune"] = run_ray(base / "ray", n, slots, d)
         for name, r in runners.items():

@@ -147,6 +147,12 @@ class DeviceLoader:
         self.seed = seed
         self.epoch = 0
         self.pin = self.device.type == "cuda"
+        ring = 3 if self.pin else 0  # pinned host buffers in flight (see _gather)
+        shape = (self.batch_size, *images.shape[1:])
+        self._ring: list[tuple[torch.Tensor, Any]] = [
+            (torch.from_numpy(np.empty(shape, dtype=images.dtype)).pin_memory(), None) for _ in range(ring)
+        ]
+        self._next = 0
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
     def class_weights(self, task: str, num_classes: int | None = None) -> torch.Tensor:
@@ -177,15 +183,31 @@ class DeviceLoader:
             yield self._batch(idx)
 
     def _gather(self, idx: np.ndarray) -> torch.Tensor:
-        if len(idx) > 1 and (np.diff(idx) >= 0).all():
-            arr = self.images[idx]
-        else:  # read in file order (memmap locality), then restore the requested order
+        sorted_ = len(idx) <= 1 or bool((np.diff(idx) >= 0).all())
+        if not self.pin:
+            if sorted_:
+                arr = self.images[idx]
+            else:  # read in file order (memmap locality), then restore the requested order
+                srt = np.sort(idx)
+                arr = self.images[srt][np.searchsorted(srt, idx)]
+            return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        # CUDA: gather straight into one of a few pinned buffers (one host copy, not three) and copy it with
+        # non_blocking; a buffer is reused only after the copy that read it has finished (its event).
+        buf, event = self._ring[self._next]
+        self._next = (self._next + 1) % len(self._ring)
+        if event is not None:
+            event.synchronize()  # long done: the copy was queued RING batches ago
+        out = buf[: len(idx)].numpy()
+        if sorted_:
+            np.take(self.images, idx, axis=0, out=out, mode="clip")  # clip: unbuffered (idx is valid)
+        else:
             srt = np.sort(idx)
-            arr = self.images[srt][np.searchsorted(srt, idx)]
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-        if self.pin:
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=self.pin)
+            out[...] = self.images[srt][np.searchsorted(srt, idx)]
+        dev = buf[: len(idx)].to(self.device, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        self._ring[self._next - 1] = (buf, done)
+        return dev
 
     def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         u8 = self._gather(idx)  # (B, H, W, 3) uint8 on device
@@ -195,13 +217,8 @@ class DeviceLoader:
             # the affine normalisation commutes with (antialiased) bilinear resizing.
             v = u8.permute(0, 3, 1, 2).contiguous()  # uint8 NCHW (1 byte/px copy; fast per-plane maths)
             if aug is not None and aug.flip > 0:
-                sel = (
-                    (torch.rand(len(idx), generator=self.gen, device=self.device) < aug.flip)
-                    .nonzero()
-                    .squeeze(1)
-                )
-                if len(sel):
-                    v[sel] = v[sel].flip(-1)
+                flip = torch.rand(len(idx), generator=self.gen, device=self.device) < aug.flip
+                v = _flip_where(v, flip, inplace=True)  # v is a fresh copy
             x = v.float().mul_(self._scale).sub_(self._shift)
             x = resize_center(x, self.out_size, 1.0 if aug is not None else self.eval_crop)
             return x, self._labels(idx)
@@ -219,8 +236,24 @@ class DeviceLoader:
         for t, v in self.labels.items():
             a = v[idx]
             tt = torch.from_numpy(a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int64))
+            if self.pin:  # a copy from pageable memory would wait for the GPU's queue to drain
+                tt = tt.pin_memory()
             y[t] = tt.to(self.device, non_blocking=self.pin)
         return y
+
+
+def _flip_where(x: torch.Tensor, flip: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Mirror the samples of (B, C, H, W) ``x`` where ``flip`` is True.
+
+    On CUDA a ``where`` over the whole batch: indexing by the mask would wait for the GPU (a sync per batch).
+    On the CPU only the chosen samples are flipped, in place when ``inplace`` (else on a copy).
+    """
+    if x.device.type == "cuda":
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if flip.any():
+        x = x if inplace else x.clone()
+        x[flip] = x[flip].flip(-1)
+    return x
 
 
 def resize_center(x: torch.Tensor, size: tuple[int, int], crop: float = 1.0) -> torch.Tensor:
@@ -251,9 +284,9 @@ def augment_batch(
 
     flip = rand(b) < aug.flip
     if not aug.geometric:
-        if flip.any():  # flip on uint8 before the float conversion (cheaper), only the chosen samples
-            x = x.clone() if not x.is_contiguous(memory_format=torch.channels_last) else x
-            x[flip] = x[flip].flip(-1)
+        x = _flip_where(
+            x, flip, x.is_contiguous(memory_format=torch.channels_last)
+        )  # on uint8 before the float conversion (cheaper)
         x = x.float().div_(255.0)
         x = resize_center(x, size)
     else:
@@ -279,7 +312,7 @@ def augment_batch(
             1,
         )
         grid = F.affine_grid(theta, [b, 3, *size], align_corners=False)
-        if s.min() < 0.5 and x.shape[-1] > 2 * size[1]:  # large zoom-out: pre-shrink to limit aliasing
+        if lo < 0.5 and x.shape[-1] > 2 * size[1]:  # crops this small zoom out: pre-shrink against aliasing
             x = F.interpolate(x, size=(size[0] * 2, size[1] * 2), mode="bilinear", antialias=True)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if aug.brightness > 0 or aug.contrast > 0:
@@ -289,9 +322,8 @@ def augment_batch(
         x = ((x - m) * ct + m).mul_(br).clamp_(0, 1)
     if aug.grayscale > 0:
         g = rand(b) < aug.grayscale
-        if g.any():
-            gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
-            x = torch.where(g.view(b, 1, 1, 1), gray, x)
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+        x = torch.where(g.view(b, 1, 1, 1), gray, x)
     return x
 
 

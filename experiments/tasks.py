@@ -126,12 +126,16 @@ def coral_levels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (y.reshape(-1, 1) > ks).to(torch.float32)
 
 
-def coral_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """CORAL loss: mean over samples of the summed K-1 binary cross-entropies (Cao et al., eq. 4)."""
+def coral_per_sample(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each sample's summed K-1 binary cross-entropies of the CORAL loss."""
     levels = coral_levels(y, num_classes)
     logsig = F.logsigmoid(logits)
-    per = -(logsig * levels + (logsig - logits) * (1 - levels)).sum(dim=1)
-    return per.mean()
+    return -(logsig * levels + (logsig - logits) * (1 - levels)).sum(dim=1)
+
+
+def coral_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """CORAL loss: mean over samples of the summed K-1 binary cross-entropies (Cao et al., eq. 4)."""
+    return coral_per_sample(logits, y, num_classes).mean()
 
 
 def coral_decode(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,30 +213,34 @@ def compute_loss(
     """Weighted sum of the per-task losses over the samples whose label is known; and each task's loss."""
     total = None
     parts: dict[str, torch.Tensor] = {}
+    # No boolean indexing and no host-side checks: a masked sum over the batch keeps the step free of
+    # GPU→CPU synchronisation (each one stalls the queue of kernels).
     for t in tasks:
         out = outputs[t.name].float()
         y = targets[t.name]
         if t.kind == "regression":
             mask = ~torch.isnan(y)
-            pred = out.reshape(-1)[mask]
-            tgt = y[mask].float() / age_scale
-            if pred.numel() == 0:
-                loss = out.sum() * 0.0
-            elif regression_loss == "l1":
-                loss = F.l1_loss(pred, tgt)
+            tgt = torch.nan_to_num(y.float(), nan=0.0) / age_scale
+            pred = out.reshape(-1)
+            if regression_loss == "l1":
+                per = F.l1_loss(pred, tgt, reduction="none")
             elif regression_loss == "smooth_l1":
-                loss = F.smooth_l1_loss(pred, tgt, beta=0.05)
+                per = F.smooth_l1_loss(pred, tgt, beta=0.05, reduction="none")
             else:
-                loss = F.mse_loss(pred, tgt)
+                per = F.mse_loss(pred, tgt, reduction="none")
+            loss = torch.where(mask, per, 0.0).sum() / mask.sum().clamp(min=1)
         else:
             mask = y >= 0
-            if not bool(mask.any()):
-                loss = out.sum() * 0.0
-            elif t.kind == "coral":
-                loss = coral_loss(out[mask], y[mask], t.num_classes)
+            if t.kind == "coral":
+                per = coral_per_sample(out, y.clamp(min=0), t.num_classes)
+                loss = torch.where(mask, per, 0.0).sum() / mask.sum().clamp(min=1)
             else:
                 w = weights.get(t.name) if weights else None
-                loss = F.cross_entropy(out[mask], y[mask], weight=w, label_smoothing=label_smoothing)
+                per = F.cross_entropy(
+                    out, y, weight=w, ignore_index=-1, label_smoothing=label_smoothing, reduction="none"
+                )  # 0 where the label is unknown; weighted by w[y] where known
+                denom = (w[y.clamp(min=0)] * mask).sum() if w is not None else mask.sum()
+                loss = per.sum() / denom.clamp(min=torch.finfo(per.dtype).tiny)
         parts[t.name] = loss
         total = loss * t.weight if total is None else total + loss * t.weight
     assert total is not None

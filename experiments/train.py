@@ -81,7 +81,7 @@ if cfg.deterministic:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
 elif cuda:
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else nullcontext()
@@ -280,7 +280,9 @@ def evaluate(
 def reported(metrics: dict[str, float]) -> dict[str, float]:
     """The protocol's subset: no per-class precision/recall (those go to W&B)."""
     return {
-        k: v for k, v in metrics.items() if "precision/" not in k and "recall/" not in k and k != "epoch_time"
+        k: v
+        for k, v in metrics.items()
+        if "precision/" not in k and "recall/" not in k and k not in ("epoch_time", "train/img_s")
     }
 
 
@@ -340,7 +342,8 @@ for epoch in range(start_epoch, cfg.epochs):
     model.train()
     swa_on = swa is not None and swa.on(epoch)
     schedule.active = not swa_on
-    total, n_seen = 0.0, 0
+    total = torch.zeros((), device=device)  # summed on the device: no host sync per step
+    n_seen = 0
     train_loader.epoch = epoch  # the epoch's order is seeded by (seed, epoch): reproducible and resumable
     for step, (x, y) in enumerate(train_loader):
         if step >= steps_per_epoch:
@@ -356,15 +359,18 @@ for epoch in range(start_epoch, cfg.epochs):
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         global_step += 1
-        total += float(loss.detach()) * len(x)
+        total += loss.detach().float() * len(x)
         n_seen += len(x)
+    train_loss = float(total) / max(1, n_seen)  # waits for the epoch's queued GPU work
+    train_s = time.time() - t0
     if swa_on:
         swa.epoch_end(model)
     val, _ = evaluate(fwd, splits["val"], "val")
     schedule.epoch_end(val.get("val/loss"))
     metrics = {
         **val,
-        "train/loss": total / max(1, n_seen),
+        "train/loss": train_loss,
+        "train/img_s": n_seen / max(train_s, 1e-9),  # training throughput (images/s, sync at epoch end)
         "lr": optimizer.param_groups[head_group]["lr"],
         "epoch_time": time.time() - t0,
     }
@@ -377,6 +383,8 @@ for epoch in range(start_epoch, cfg.epochs):
         bad_epochs = 0
         if cfg.save_best:
             # "model" holds the backbone's own keys, so `pretrained: <run>/checkpoint_best.pt` loads it
+            # written aside and renamed: a copy taken meanwhile (remote sync) is never torn
+            tmp_best = rd.checkpoint_best.with_suffix(".pt.tmp")
             torch.save(
                 {
                     "model": net.state_dict(),
@@ -387,8 +395,9 @@ for epoch in range(start_epoch, cfg.epochs):
                     "config": config_mod.to_dict(cfg),
                     "tasks": T.describe(tasks),
                 },
-                rd.checkpoint_best,
+                tmp_best,
             )
+            os.replace(tmp_best, rd.checkpoint_best)
     else:
         bad_epochs += 1
     ck = {
@@ -406,6 +415,7 @@ for epoch in range(start_epoch, cfg.epochs):
     tmp = rd.checkpoint_last.with_suffix(".pt.tmp")
     torch.save(ck, tmp)
     os.replace(tmp, rd.checkpoint_last)
+    protocol.checkpoint(epoch + 1, rd.checkpoint_last.name)  # a remote trial's controller copies it back now
     print(
         f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in reported(metrics).items())
     )

@@ -115,6 +115,15 @@ def launch(
         bool | None,
         typer.Option("--plain/--live", help="Plain log lines or a live table (default: live on a terminal)."),
     ] = None,
+    lease: Annotated[
+        float | None,
+        typer.Option(
+            "--lease",
+            min=1.0,
+            help="Seconds this controller may stay silent before others sharing the storage take its trials "
+            "over (default: the file's defaults.lease, else 30).",
+        ),
+    ] = None,
 ) -> None:
     """Run the sweeps in FILE, resuming whatever the storage already holds."""
     try:
@@ -130,6 +139,7 @@ def launch(
             no_wandb,
             plain,
             workers.value,
+            lease,
         )
     except (OrchestrateError, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
@@ -164,6 +174,7 @@ def _launch(
     no_wandb: bool,
     plain: bool | None,
     workers: str = "warm",
+    lease: float | None = None,
 ) -> int:
     from orchestrator.spec import load_sweeps
     from orchestrator.validate import validate_experiments
@@ -184,21 +195,22 @@ def _launch(
         return 0
 
     from orchestrator.faults import mask_url
+    from orchestrator.leases import DEFAULT_LEASE_S
     from orchestrator.live import make_display
     from orchestrator.scheduler import Controller, LaunchOptions
     from orchestrator.slots import parse_slots
     from orchestrator.wandb_env import resolve_mode
 
     defaults = sweep_file.defaults
+    slots_spec = slots_opt or getattr(defaults, "slots", None) or "auto"
     opts = LaunchOptions(
         storage=storage_opt or getattr(defaults, "storage", None) or "sqlite:///runs/orchestrate.db",
         runs_dir=runs_dir_opt or Path(getattr(defaults, "runs_dir", None) or "runs"),
-        slots=[]
-        if slots_opt == "hosts"
-        else parse_slots(slots_opt or getattr(defaults, "slots", None) or "auto"),
+        slots=[] if slots_spec == "hosts" else parse_slots(slots_spec),  # hosts: only the remote boxes
         max_trials=max_trials,
         wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
         workers=workers,
+        lease_s=lease or getattr(defaults, "lease", None) or DEFAULT_LEASE_S,
     )
     _check_writable(opts.runs_dir)
     if getattr(defaults, "hosts", None):  # remote boxes: their slots too, local ones here, remote over ssh
@@ -489,12 +501,16 @@ def hosts_check(
     try:
         if not file.exists():
             raise UsageError(f"{file}: no such sweep file", hint="pass the sweep file that lists the hosts")
-        defaults = load_sweeps(file).defaults
+        loaded = load_sweeps(file)
+        defaults = loaded.defaults
         if not defaults.hosts:
             raise UsageError(
                 f"{file}: no hosts (defaults.hosts is empty)", hint="add a 'hosts:' list to defaults"
             )
-        results = hs.check_all(defaults.hosts, data_root=defaults.data_root)
+        from orchestrator.datasync import sweep_units
+
+        # the sweeps' dataset folders are the controller's: launch copies them to each host once
+        results = hs.check_all(defaults.hosts, datasets=sweep_units(loaded.sweeps))
     except OrchestrateError as exc:
         _fail(exc)
         return

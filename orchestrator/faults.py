@@ -173,6 +173,7 @@ class Pause:
         clock: Callable[[], float] = time.monotonic,
         first: float = FIRST_DELAY_S,
         cap: float = MAX_DELAY_S,
+        fatal: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.where = where
         self.say = say
@@ -180,6 +181,7 @@ class Pause:
         self.clock = clock
         self.first = first
         self.cap = cap
+        self.fatal = fatal  # errors an operation raises that must stop the controller, not be reported
         self.faults: dict[str, Fault] = {}
         self.ops: list[_Op] = []
         self._seen: dict[str, tuple[float, str]] = {}  # resource → (wall time it last failed, cause)
@@ -225,6 +227,8 @@ class Pause:
         except Exception as exc:
             cause = transient(exc)
             if cause is None:
+                if isinstance(exc, self.fatal):
+                    raise
                 self.say(f"could not {label}: {one_line(exc)}")
                 return False
             self.ops.append(op)
@@ -296,6 +300,9 @@ class Pause:
                     if cause is not None:
                         self.trip(resource, cause, op.label)
                         break
+                    if isinstance(exc, self.fatal):
+                        self.ops.remove(op)
+                        raise
                     self.say(f"could not {op.label}: {one_line(exc)}")
                 else:
                     recorded += op.result

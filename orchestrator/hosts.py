@@ -321,6 +321,13 @@ except OSError:
     out["code"] = None
 for r in ROOTS:
     out["data"][r] = os.path.exists(os.path.expanduser(r))
+out["copies"] = {}
+for src, marker in COPIES.items():
+    try:
+        with open(marker) as fh:
+            out["copies"][src] = fh.read().strip()
+    except OSError:
+        out["copies"][src] = None
 try:
     p = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total,memory.free",
                         "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
@@ -346,14 +353,28 @@ def _local_versions() -> dict[str, str | None]:
 
 
 def check_host(
-    host: HostSpec, ctl: Path | None, *, code: str | None, data_root: str | None
+    host: HostSpec,
+    ctl: Path | None,
+    *,
+    code: str | None,
+    data_root: str | None = None,
+    datasets: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Connect and report: ``{"host", "ok", "problems": [lines], "info": {...}}``."""
+    """Connect and report: ``{"host", "ok", "problems": [lines], "info": {...}}``.
+
+    ``data_root`` (a path on the host) and the host's ``data_roots`` must exist there; ``datasets`` are the
+    controller's dataset folders that ``launch`` copies to the host (orchestrator/datasync.py): whether the
+    host's copy is up to date is reported in ``info["datasets"]``, never as a problem.
+    """
+    from orchestrator import datasync
+
     problems: list[str] = []
     info: dict[str, Any] = {}
     roots = list(host.data_roots) + ([data_root] if data_root and data_root not in host.data_roots else [])
+    to_copy = [d for d in datasets if not datasync.host_has(host, d)]
+    copies = {str(d): datasync.copy_name(d) + datasync.MANIFEST_SUFFIX for d in to_copy}
     script = (
-        f"PKGS={list(PACKAGES)!r}\nROOTS={roots!r}\nSTATE={STATE_DIR!r}\n" + _PROBE
+        f"PKGS={list(PACKAGES)!r}\nROOTS={roots!r}\nSTATE={STATE_DIR!r}\nCOPIES={copies!r}\n" + _PROBE
     )  # no secrets: safe on a command line
     command = f"cd {remote_path(host.workdir)} 2>/dev/null; " + quote_argv([*python_argv(host), "-c", script])
     try:
@@ -385,6 +406,22 @@ def check_host(
     for root, present in got.get("data", {}).items():
         if not present:
             problems.append(f"dataset root {root} is missing")
+    info["datasets"] = {}
+    for d in datasets:
+        if datasync.host_has(host, d):
+            info["datasets"][str(d)] = "the host's own copy (data_roots)"
+            continue
+        local_copy = datasync.manifest(d) if d.is_dir() else None
+        have = (got.get("copies") or {}).get(str(d))
+        if local_copy is None:
+            problems.append(f"dataset folder {d} does not exist on this machine (launch copies it from here)")
+        elif have == local_copy.digest:
+            info["datasets"][str(d)] = "copy up to date"
+        else:
+            info["datasets"][str(d)] = (
+                f"{'stale copy' if have else 'no copy'}: launch copies it before the first trial "
+                f"({local_copy.files} files, {local_copy.bytes / 1e6:.1f} MB)"
+            )
     if isinstance(host.gpus, str) and host.gpus.startswith("cpu:"):
         pass
     elif got.get("gpu_error") or not got.get("gpus"):
@@ -405,14 +442,19 @@ def describe(result: dict[str, Any]) -> str:
     gpus = info.get("gpus") or []
     gpu_text = ", ".join(f"GPU{g[0]} {g[1]} {g[3]}/{g[2]} MiB free" for g in gpus if len(g) >= 4) or "no GPU"
     pk = " ".join(f"{k} {v}" for k, v in (info.get("packages") or {}).items() if v)
+    data = "; ".join(f"dataset {Path(d).name}: {state}" for d, state in (info.get("datasets") or {}).items())
     return (
         f"{result['host']}: reachable; {gpu_text}; {info.get('cpus')} CPUs; Python {info.get('python')}; "
-        f"{pk or 'no ML packages'}; code {info.get('code') or 'not synced'}"
+        f"{pk or 'no ML packages'}; code {info.get('code') or 'not synced'}" + (f"; {data}" if data else "")
     )
 
 
 def check_all(
-    hosts: Sequence[HostSpec], *, data_root: str | None = None, root: Path = PROJECT_ROOT
+    hosts: Sequence[HostSpec],
+    *,
+    data_root: str | None = None,
+    datasets: Sequence[Path] = (),
+    root: Path = PROJECT_ROOT,
 ) -> list[dict[str, Any]]:
     """Check every host (in parallel, one thread each)."""
     try:
@@ -422,7 +464,7 @@ def check_all(
     results: list[dict[str, Any]] = [{} for _ in hosts]
 
     def one(i: int, host: HostSpec) -> None:
-        results[i] = check_host(host, None, code=code, data_root=data_root)
+        results[i] = check_host(host, None, code=code, data_root=data_root, datasets=datasets)
 
     threads = [threading.Thread(target=one, args=(i, h), daemon=True) for i, h in enumerate(hosts)]
     for t in threads:

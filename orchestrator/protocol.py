@@ -5,6 +5,12 @@ A child reports by printing one line per event on its stdout::
     @orchestrate {"event": "metrics", "step": 3, "metrics": {"val/acc": 0.91, "val/loss": 0.3}}
     @orchestrate {"event": "summary", "metrics": {"val/acc": 0.93, "test/acc": 0.9}}
     @orchestrate {"event": "info", "wandb_run": "offline-run-…/run-abc.wandb", "epochs": 10}
+    @orchestrate {"event": "checkpoint", "epoch": 3, "path": "checkpoint_last.pt"}
+
+``checkpoint`` says a resumable checkpoint of ``epoch`` completed epochs is complete on disk (``path``, relative to
+the run directory): a remote trial's run directory is copied back to the controller then, so that a trial whose
+host dies resumes from it elsewhere. A re-run in the same run directory resumes from it and says so with
+``{"event": "info", "resumed_from_epoch": E}``.
 
 The prefix makes protocol lines unambiguous among whatever else the program prints (everything else goes
 to the trial's ``stdout.log``). It works the same for a local ``Popen`` and through ``ssh``.
@@ -25,7 +31,8 @@ PREFIX = "@orchestrate "
 EVENT_METRICS = "metrics"
 EVENT_SUMMARY = "summary"
 EVENT_INFO = "info"
-EVENTS = (EVENT_METRICS, EVENT_SUMMARY, EVENT_INFO)
+EVENT_CHECKPOINT = "checkpoint"
+EVENTS = (EVENT_METRICS, EVENT_SUMMARY, EVENT_INFO, EVENT_CHECKPOINT)
 
 
 def _clean(value: Any) -> Any:
@@ -63,6 +70,11 @@ def report(step: int, metrics: dict[str, Any], stream: IO[str] | None = None) ->
 def summary(metrics: dict[str, Any], stream: IO[str] | None = None) -> None:
     """Report the final summary of a trial (its objective is read from here when present)."""
     emit(EVENT_SUMMARY, stream, metrics=metrics)
+
+
+def checkpoint(epoch: int, path: str = "checkpoint_last.pt", stream: IO[str] | None = None) -> None:
+    """Say that the checkpoint after ``epoch`` completed epochs is written (atomically) at ``path``."""
+    emit(EVENT_CHECKPOINT, stream, epoch=int(epoch), path=str(path))
 
 
 def parse_line(line: str) -> dict[str, Any] | None:

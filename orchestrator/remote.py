@@ -3,7 +3,11 @@
 The controller's SSH executor starts it with ``cd WORKDIR && exec PYTHON -m orchestrator.remote`` and writes one
 JSON line on the session's stdin::
 
-    {"argv": [...], "env": {...}, "run_dir": "...", "files": {"trial.json": "..."}, "grace": 10}
+    {"argv": [...], "env": {...}, "run_dir": "...", "files": {"trial.json": "..."}, "grace": 10, "fresh": true}
+
+``fresh``: the controller sent nothing else into the run directory, so whatever is there (a checkpoint of an
+earlier launch's trial of the same number) is removed first; without it the directory holds what the controller
+sent just before (the checkpoint a re-queued trial resumes from).
 
 The environment (the W&B API key and other secrets included) travels only this way: never on a command line that
 ``ps`` shows, never written to a file. ``@@ORCHESTRATE_WORKDIR@@`` in any string is replaced by the workdir.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,6 +94,8 @@ def launch() -> int:
     workdir = os.getcwd()
     job = _sub(json.loads(line), workdir)
     run_dir = Path(job["run_dir"])
+    if job.get("fresh"):
+        shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (job.get("files") or {}).items():
         if "/" in name or name.startswith("."):

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +55,12 @@ def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
 
 def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", durable)
+
+
+#: what the controller writes into a run directory (the rest is the trial's own: checkpoints, its W&B run …)
+CONTROLLER_FILES = frozenset(
+    {"trial.json", "stdout.log", "stderr.log", "metrics.jsonl", "result.json", "remote.pid", "params.json"}
+)
 
 
 class RunDir:
@@ -134,6 +141,25 @@ class RunDir:
             return data
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+
+    def carry_over(self, old: RunDir) -> bool:
+        """Move the trial's own files (checkpoints, W&B run, …) from the run directory of an earlier trial of the
+        same parameters that was stopped midway into this one, so that this trial resumes from its
+        ``checkpoint_last.pt`` and continues its W&B run; False (nothing moved) when it has no checkpoint.
+
+        Moved, not copied: the earlier trial's W&B run now lives on here only (``orchestrate sync`` must not
+        upload it twice), and a checkpoint of several GB is not duplicated."""
+        if not old.checkpoint_last.is_file() or old.path.resolve() == self.path.resolve():
+            return False
+        self.create()
+        for item in sorted(old.path.iterdir(), key=lambda p: p.name == self.checkpoint_last.name):
+            if item.name in CONTROLLER_FILES or item.name.endswith(".tmp") or item.name.startswith("."):
+                continue
+            if (self.path / item.name).is_dir() and not (self.path / item.name).is_symlink():
+                shutil.rmtree(self.path / item.name)
+            # the checkpoint goes last: its presence means the move is complete
+            shutil.move(str(item), str(self.path / item.name))
+        return True
 
     def wandb_runs(self) -> list[Path]:
         """The W&B run folders (``offline-run-*`` or ``run-*``) written under this run directory."""

@@ -9,6 +9,11 @@ Exact accounting: every trial carries the identity of its parameter point (``orc
 the controller reads the study: points COMPLETE or PRUNED are done; points that FAILed are re-run with the
 same parameters until ``retries`` is spent; trials left RUNNING by a controller that died are marked FAIL
 (``interrupted``, not counted as an attempt) and re-run. A grid of N points runs each point exactly once.
+
+Controllers sharing a study (``orchestrator/claims.py``, ``orchestrator/leases.py``): a controller that runs out
+of work while other controllers still run or hold points of its sweeps waits for them, re-reading the study
+now and then, and takes their points over when one dies (on another host: its heartbeat is older than its
+lease).
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ from orchestrator import storage as st
 from orchestrator.claims import open_claims
 from orchestrator.errors import RunError
 from orchestrator.executors import Job, get_executor
+from orchestrator.leases import DEFAULT_LEASE_S, open_leases
 from orchestrator.pruners import get_pruner
 from orchestrator.rundir import PROJECT_ROOT, RunDir
 from orchestrator.slots import Slot
 from orchestrator.wandb_env import child_env, new_run_id
 
 ATTR_REMOTE = st.A + "remote"  # where a remote job runs: {"host", "run_dir", "pid"} (per fold)
+ATTR_RESUMED = st.A + "resumed_from_epoch"  # the job continued from a checkpoint of this epoch (per fold)
 
 
 def point_key(flat_params: dict[str, Any]) -> str:
@@ -79,6 +86,7 @@ class LaunchOptions:
     executor: str = "local"
     workers: str = "warm"  # warm: fork trials from a pre-imported worker per slot; fresh: a new process each
     hosts: tuple[Any, ...] = ()  # HostSpec of the remote slots (orchestrator/hosts.py)
+    lease_s: float = DEFAULT_LEASE_S  # a controller silent for longer is dead to the others (leases.py)
 
 
 @dataclass
@@ -156,6 +164,7 @@ class _Part:
     duration: float = 0.0
     wandb_id: str = ""
     ready_s: float | None = None  # from the job's start to its first info/metric line (start-up cost)
+    logged: set[int] = field(default_factory=set)  # steps in metrics.jsonl (a resumed job re-reports them)
     unwritten: list[str] = field(default_factory=list)  # metrics.jsonl lines a full disk did not take yet
 
 
@@ -251,7 +260,7 @@ class _PruneView:
 class SweepRunner:
     """One sweep's study and its queue of work in this launch."""
 
-    def __init__(self, spec: Any, storage: Any, opts: LaunchOptions) -> None:
+    def __init__(self, spec: Any, storage: Any, opts: LaunchOptions, leases: Any = None) -> None:
         import optuna
 
         self.spec = spec
@@ -308,37 +317,44 @@ class SweepRunner:
         self.blocked: str | None = None  # why a dependent sweep cannot start (said once)
         self._storage = storage
         self._checkpoints: list[str] | None = None
-        self.claims = open_claims(storage, spec.name, st.controller_id())  # shared storage: no point twice
+        self.leases = leases  # heartbeats: judges controllers on other hosts (None: a journal storage)
+        # shared storage: no point twice
+        self.claims = open_claims(storage, spec.name, st.controller_id(), leases)
         self.orphans: list[dict[str, Any]] = []  # remote processes of trials a dead controller left
+        self.elsewhere: set[str] = set()  # other live controllers running points of this sweep
+        self.notes: list[str] = []  # what the controller should say (takeovers)
+        self.resume_from: dict[str, Any] = {}  # point → its interrupted trial (a checkpoint may be left)
         self.abandoned: list[int] = []  # trial ids created while the storage failed: never run, to mark FAIL
+        self.unrecorded: set[int] = set()  # ids of trials finished here whose record waits for the storage
         self._recover()
 
-    # ----- start-up: read the study, work out what is left -----
+    # ----- start-up (and while waiting for other controllers): read the study, work out what is left -----
     def _recover(self) -> None:
-        import optuna
         from optuna.trial import TrialState
 
+        self.pending.clear()
+        self.resume_from.clear()
+        self.finished = 0
+        self.elsewhere = set()
+        if self.claims is not None:
+            self.claims.blocked_by.clear()
+        taken: dict[str, int] = {}
         points: dict[str, list[Any]] = {}
         for t in self.study.get_trials(deepcopy=False):
             if (
                 t.state == TrialState.RUNNING
-                and not st.owner_alive(t.user_attrs.get(st.ATTR_CONTROLLER))
-                and not self._just_asked(t)
-                and self._import_result(t)
+                and t._trial_id not in self.live
+                and t._trial_id not in self.unrecorded
             ):
-                t = self.study._storage.get_trial(t._trial_id)
-            if (
-                t.state == TrialState.RUNNING
-                and not st.owner_alive(t.user_attrs.get(st.ATTR_CONTROLLER))
-                and not self._just_asked(t)
-            ):
-                storage = self.study._storage
-                storage.set_trial_user_attr(t._trial_id, st.ATTR_INTERRUPTED, True)
-                storage.set_trial_user_attr(t._trial_id, st.ATTR_REASON, "controller died while it ran")
-                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-                self.counts["recovered"] += 1
-                self.orphans += [v for k, v in t.user_attrs.items() if k.startswith(ATTR_REMOTE)]
-                t = self.study._storage.get_trial(t._trial_id)
+                owner = t.user_attrs.get(st.ATTR_CONTROLLER)
+                if st.owner_alive(owner, self.leases) or self._just_asked(t):
+                    self.elsewhere.add(str(owner))
+                else:
+                    # finished but never recorded (its controller was paused on the storage): record it from
+                    # its result.json; else it is interrupted and runs again
+                    if not self._import_result(t) and self._interrupt(t):
+                        taken[str(owner)] = taken.get(str(owner), 0) + 1
+                    t = self.study._storage.get_trial(t._trial_id)
             if t.state == TrialState.WAITING:
                 continue
             if t.state == TrialState.FAIL and not self._has_point(t):
@@ -357,7 +373,7 @@ class SweepRunner:
                 done.add(key)
                 self.finished += 1
                 continue
-            if TrialState.RUNNING in states:  # another live controller runs it
+            if TrialState.RUNNING in states:  # another live controller (or this one) runs it
                 done.add(key)
                 continue
             used = sum(1 for t in trials if not t.user_attrs.get(st.ATTR_INTERRUPTED))
@@ -368,12 +384,47 @@ class SweepRunner:
             latest = max(trials, key=lambda t: t.number)
             done.add(key)
             self.pending.append((dict(latest.params), used + 1))
+            if latest.user_attrs.get(st.ATTR_INTERRUPTED):
+                self.resume_from[key] = latest  # its re-run continues from its checkpoint, if it left one
         if self.spec.method == "grid":
             for flat in self.spec.parameters.grid():
                 key = point_key(flat)
                 if key not in done:
                     done.add(key)
                     self.pending.append((self._optuna_params(flat), 1))
+        for owner, n in taken.items():
+            self.notes.append(f"[{self.spec.name}] {self._describe(owner)}: taking over {n} trial(s)")
+
+    def _interrupt(self, t: Any) -> bool:
+        """Mark a trial its dead controller left RUNNING as interrupted (FAIL, not an attempt): it is re-run.
+        False when another controller did so first."""
+        import optuna
+
+        storage = self.study._storage
+        try:
+            storage.set_trial_user_attr(t._trial_id, st.ATTR_INTERRUPTED, True)
+            storage.set_trial_user_attr(t._trial_id, st.ATTR_REASON, "controller died while it ran")
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        self.counts["recovered"] += 1
+        self.orphans += [v for k, v in t.user_attrs.items() if k.startswith(ATTR_REMOTE)]
+        return True
+
+    def _describe(self, owner: str) -> str:
+        """``controller host:pid last seen 41 s ago (lease 30 s)`` — why a controller counts as dead."""
+        name = owner.rsplit(":", 1)[0] if owner.count(":") >= 2 else owner
+        if self.leases is not None and owner.count(":") >= 2 and owner.rsplit(":", 2)[0] != st.host_id():
+            return f"controller {name} {self.leases.verdict(owner).why}"
+        return f"controller {name} is no longer running"
+
+    def waiting_on(self) -> set[str]:
+        """Other live controllers that run or hold points this sweep still needs (empty: nothing to wait for)."""
+        if self.leases is None or self.target_reached() or self.blocked is not None:
+            return set()  # a journal storage: no heartbeats to judge others by, so no waiting for them
+        if self.cap is not None and self.finished >= self.cap:
+            return set()
+        return self.elsewhere | (self.claims.blocked_by if self.claims is not None else set())
 
     def _import_result(self, t: Any) -> bool:
         """Record a trial left RUNNING from its ``result.json``: its controller finished it but died before the
@@ -399,19 +450,24 @@ class SweepRunner:
         )
         if state is None:
             return False
+        import optuna
+
         storage = self.study._storage
         curve = {int(k): float(v) for k, v in (record.get("intermediate") or {}).items()}
-        for step, v in sorted(curve.items()):
-            if step not in t.intermediate_values:
-                storage.set_trial_intermediate_value(t._trial_id, step, v)
-        for key, value in {**attrs, st.ATTR_IMPORTED: str(run_dir.result_json)}.items():
-            storage.set_trial_user_attr(t._trial_id, key, value)
         values = None
         if state == TrialState.COMPLETE:
             values = [float(result["value"])]
         elif state == TrialState.PRUNED and curve and math.isfinite(curve[max(curve)]):
             values = [curve[max(curve)]]  # what Optuna's tell gives a pruned trial: its last reported value
-        storage.set_trial_state_values(t._trial_id, state, values)
+        try:
+            for step, v in sorted(curve.items()):
+                if step not in t.intermediate_values:
+                    storage.set_trial_intermediate_value(t._trial_id, step, v)
+            for key, value in {**attrs, st.ATTR_IMPORTED: str(run_dir.result_json)}.items():
+                storage.set_trial_user_attr(t._trial_id, key, value)
+            storage.set_trial_state_values(t._trial_id, state, values)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # another controller recovered it first
         self.counts["imported"] += 1
         return True
 
@@ -531,7 +587,7 @@ class SweepRunner:
         return self.spec.method != "grid"
 
     def done(self) -> bool:
-        return self.running == 0 and not self.can_start()
+        return self.running == 0 and not self.can_start() and not self.waiting_on()
 
     def _claim(self, fixed: dict[str, Any], attempt: int) -> bool:
         return self.claims is None or self.claims.claim(point_key(fixed), attempt)
@@ -584,6 +640,10 @@ class SweepRunner:
             raise
 
 
+class _TakenOver(RunError):
+    """Another controller took this one's trials over (it was silent for longer than its lease)."""
+
+
 class Controller:
     """Runs the sweeps of one launch on a set of slots."""
 
@@ -609,15 +669,40 @@ class Controller:
         self.stopping = False
         self.outcome = Outcome(slots=len(opts.slots))
         self.runners: list[SweepRunner] = []
+        self.leases: Any = None  # this controller's heartbeat (orchestrator/leases.py); None: journal storage
+        # monotonic times of the next look at other controllers, and of the next re-read of the studies
+        self._next_watch = 0.0
+        self._next_rescan = 0.0
+        self._said_waiting = False
         # storage or runs dir failing mid-sweep: running trials go on, nothing new starts, what failed is retried
+        from optuna.exceptions import UpdateFinishedTrialError
+
         self.pause = fl.Pause(
             {fl.STORAGE: fl.mask_url(opts.storage), fl.RUNS_DIR: str(opts.runs_dir.resolve())},
             say=display.message,
             status=getattr(display, "pause_status", None),
+            fatal=(UpdateFinishedTrialError,),  # another controller took a trial over: run() stops (leases)
         )
 
     # ----- main loop -----
     def run(self) -> Outcome:
+        import optuna
+
+        try:
+            return self._run()
+        except (_TakenOver, optuna.exceptions.UpdateFinishedTrialError) as exc:
+            # another controller took this one's trials over: stop what still runs here, say so, no traceback
+            for _, part in list(self.jobs.values()):
+                if part.job is not None:
+                    self.executor.stop(part.job, grace=2.0)
+            if isinstance(exc, _TakenOver):
+                raise
+            raise self._taken_over(f"a trial it ran ({exc})") from exc
+        finally:
+            if self.leases is not None:
+                self.leases.stop()  # marked finished: others may take over what this one leaves at once
+
+    def _run(self) -> Outcome:
         import optuna
 
         optuna.logging.set_verbosity(
@@ -626,7 +711,10 @@ class Controller:
         t0 = time.time()
         storage = st.get_storage(self.opts.storage)
         try:
-            self.runners = [SweepRunner(spec, storage, self.opts) for spec in self.specs]
+            self.leases = open_leases(storage, self.controller_id, self.opts.lease_s)
+            if self.leases is not None:
+                self.leases.start()  # the first heartbeat is written before any claim
+            self.runners = [SweepRunner(spec, storage, self.opts, self.leases) for spec in self.specs]
         except Exception as exc:
             cause = fl.transient(exc)
             if cause is None:
@@ -641,6 +729,7 @@ class Controller:
                 r.attach_parent(by_name.get(r.spec.depends_on), storage)
         for r in self.runners:
             self.display.sweep_ready(r.spec.name, r)
+        self._say_notes()
         orphans = [o for r in self.runners for o in r.orphans]
         if orphans and hasattr(self.executor, "cleanup"):
             for note in self.executor.cleanup(orphans):
@@ -656,8 +745,14 @@ class Controller:
                 if self.pause.due():
                     self.pause.retry()  # the storage or runs dir failed: retry what waits (back-off)
                 if not self.stopping:
+                    self._watch_others_unless_paused()
                     self._fill_slots()
-                if not self.jobs and not self._waiting_for_hosts() and not self._waiting_for_storage():
+                if (
+                    not self.jobs
+                    and not self._waiting_for_hosts()
+                    and not self._waiting_for_others()
+                    and not self._waiting_for_storage()
+                ):
                     break
                 wait = self.pause.seconds_to_retry()
                 try:
@@ -708,6 +803,116 @@ class Controller:
             if fl.transient(exc) is None:
                 raise
             return True
+
+    # ----- other controllers sharing the studies -----
+    def _watch_others_unless_paused(self) -> None:
+        """``_watch_others`` while the storage answers; a storage fault half-way pauses the controller and
+        puts back the queues ``_recover`` was rebuilding (the next watch after the pause reads them again)."""
+        if self.pause.blocking(fl.STORAGE):
+            return
+        saved = [
+            (r, deque(r.pending), dict(r.resume_from), r.finished, set(r.elsewhere)) for r in self.runners
+        ]
+        blocked = [set(r.claims.blocked_by) if r.claims is not None else set() for r in self.runners]
+        try:
+            self._watch_others()
+        except Exception as exc:
+            cause = fl.transient(exc)
+            if cause is None:
+                raise
+            for (r, pending, resume, finished, elsewhere), by in zip(saved, blocked, strict=True):
+                r.pending, r.resume_from, r.finished, r.elsewhere = pending, resume, finished, elsewhere
+                if r.claims is not None:
+                    r.claims.blocked_by = by
+            self.pause.trip(fl.STORAGE, cause, "read the studies for other controllers' points")
+
+    def _watch_others(self) -> None:
+        """Take over the points of another controller that died; notice if this one was silent past its lease.
+
+        At most every second a few cheap reads (the heartbeat table); the studies are re-read when a controller
+        this one waits for died, or every lease/3 (1-10 s) while slots are free (to see its points finish).
+        """
+        if self.leases is None:
+            return
+        now = time.monotonic()
+        if now < self._next_watch:
+            return
+        self._next_watch = now + min(1.0, self.opts.lease_s / 5)
+        if self.leases.lapsed is not None:
+            self._check_lapse()
+        owners = {o for r in self.runners for o in r.waiting_on()}
+        if not owners:
+            return
+        dead = any(not st.owner_alive(o, self.leases) for o in owners)
+        if not dead and (now < self._next_rescan or not self.free):
+            return
+        self._next_rescan = now + min(max(self.opts.lease_s / 3, 1.0), 10.0)
+        orphans: list[dict[str, Any]] = []
+        for r in self.runners:
+            if r.waiting_on():
+                before = len(r.orphans)
+                r._recover()
+                orphans += r.orphans[before:]
+        self._say_notes()
+        if orphans and hasattr(self.executor, "cleanup"):
+            for note in self.executor.cleanup(orphans):
+                self.display.message(note)
+
+    def _waiting_for_others(self) -> bool:
+        """Nothing of ours runs, but other live controllers run or hold points these sweeps need: wait (and
+        ``_watch_others`` takes their points over if one dies)."""
+        if self.stopping or self.leases is None:
+            return False
+        owners = sorted({o for r in self.runners for o in r.waiting_on()})
+        if owners and not self._said_waiting:
+            self._said_waiting = True
+            names = ", ".join(o.rsplit(":", 1)[0] for o in owners)
+            self.display.message(
+                f"waiting for other controller(s) running points of these sweeps ({names}); "
+                f"a controller whose heartbeat stops for longer than its lease has its points taken over"
+            )
+        return bool(owners)
+
+    def _check_lapse(self) -> None:
+        """This controller could not write its heartbeat for longer than its lease (suspended, database away):
+        another may have judged it dead and taken its trials over. If so, stop (it re-runs them)."""
+        from optuna.trial import TrialState
+
+        try:
+            gone = [
+                rt
+                for rt in self.trials.values()
+                if rt.sweep.study._storage.get_trial(rt.trial._trial_id).state != TrialState.RUNNING
+            ]
+        except Exception:  # the database is away again: look at the next watch
+            return
+        if gone:
+            raise self._taken_over(f"{len(gone)} of its trial(s)")
+        self.display.message(
+            f"this controller's heartbeat stopped for {self.leases.lapsed:.0f} s (longer than its lease, "
+            f"{self.opts.lease_s:g} s); none of its trials was taken over"
+        )
+        self.leases.lapsed = None
+
+    def _taken_over(self, what: str) -> _TakenOver:
+        lapsed = self.leases.lapsed if self.leases is not None else None
+        why = (
+            f"this controller's heartbeat stopped for {lapsed:.0f} s, longer than its lease "
+            f"({self.opts.lease_s:g} s), and another controller sharing the storage took over {what}"
+            if lapsed is not None
+            else f"another controller sharing the storage took over {what}"
+        )
+        return _TakenOver(
+            why + ": stopping",
+            hint="it re-runs what it took over; run `orchestrate launch` again to help with the rest "
+            "(a longer --lease / defaults.lease suits machines that sleep)",
+        )
+
+    def _say_notes(self) -> None:
+        for r in self.runners:
+            for note in r.notes:
+                self.display.message(note)
+            r.notes.clear()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # runs in the main thread between bytecodes: only set a flag, the loop does the rest
@@ -796,6 +1001,9 @@ class Controller:
         override = runner.overrides.get(key)
         if override:  # e.g. a CUDA OOM retry with half the batch size: same point, smaller batch
             nested.update(override)
+        prior = runner.resume_from.pop(key, None)
+        if prior is not None:
+            self._carry_over(prior, parts, f"trial {trial.number} of {spec.name}")
         start_attrs = {  # written with the first job's slot, in one transaction (see _start_part)
             st.ATTR_POINT: key,
             st.ATTR_PARAMS: nested,
@@ -820,6 +1028,30 @@ class Controller:
         self.trials[rt.key] = rt
         runner.running += 1
         return rt
+
+    def _carry_over(self, prior: Any, parts: list[_Part], label: str) -> None:
+        """A re-run of a trial the controller was stopped in (died, Ctrl-C) starts from that trial's checkpoint
+        (moved into its own run directory) and continues its W&B run (same run id)."""
+        old_dir = prior.user_attrs.get(st.ATTR_RUN_DIR)
+        ids = prior.user_attrs.get(st.ATTR_WANDB)
+        ids = ids if isinstance(ids, list) else [ids]
+        if not old_dir:
+            return
+        for i, part in enumerate(parts):
+            old = RunDir(Path(old_dir) if part.fold is None else Path(old_dir) / f"fold{part.fold}")
+            try:
+                carried = part.run_dir.carry_over(old)
+            except OSError as exc:
+                self.display.message(f"{label}: cannot take the checkpoint of trial {prior.number}: {exc}")
+                continue
+            if carried and i < len(ids) and ids[i]:
+                part.wandb_id = str(ids[i])
+            if carried:
+                where = "" if part.fold is None else f" (fold {part.fold})"
+                self.display.message(
+                    f"{label}{where} continues from the checkpoint of trial {prior.number} (moved here, with its "
+                    "W&B run)"
+                )
 
     def _start_part(self, rt: _Running, part: _Part, slot: Slot) -> bool:
         """Start one job of a trial on ``slot``. False when the runs dir or the storage failed before the job
@@ -968,6 +1200,18 @@ class Controller:
                 lambda: rt.trial.set_user_attr(key, where),
             )
             return
+        if kind == protocol.EVENT_INFO and "resumed_from_epoch" in event:  # it continued from a checkpoint
+            fold = "" if part.fold is None else f" fold {part.fold}"
+            self.display.message(
+                f"trial {rt.trial.number} of {rt.sweep.spec.name}{fold} resumed from its checkpoint "
+                f"after epoch {event['resumed_from_epoch']}"
+            )
+            resumed = ATTR_RESUMED + ("" if part.fold is None else f".fold{part.fold}")
+            self.pause.run(
+                fl.STORAGE,
+                f"record that trial {rt.trial.number} of {rt.sweep.spec.name} resumed",
+                lambda: rt.trial.set_user_attr(resumed, event["resumed_from_epoch"]),
+            )
         if part.ready_s is None and kind in (protocol.EVENT_INFO, protocol.EVENT_METRICS):
             part.ready_s = time.time() - job.started  # slot given → the child is set up and training
         if kind == protocol.EVENT_SUMMARY:
@@ -979,8 +1223,10 @@ class Controller:
         step = event.get("step")
         step = int(step) if isinstance(step, (int, float)) else part.steps
         part.steps += 1
-        part.unwritten.append(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        if not self.pause.blocking(fl.RUNS_DIR):  # a full disk: the lines wait in memory
+        if step not in part.logged:  # a job resumed after its host was lost re-reports the steps before
+            part.logged.add(step)
+            part.unwritten.append(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        if part.unwritten and not self.pause.blocking(fl.RUNS_DIR):  # a full disk: the lines wait in memory
             try:
                 _write_metrics(part)
             except OSError as exc:
@@ -1096,8 +1342,11 @@ class Controller:
         part.state, part.job, part.steps, part.last_value, part.summary = "pending", None, 0, None, None
         part.values.clear()
         self.outcome.busy_s += (job.ended or time.time()) - job.started
+        # the trial itself says which epoch it resumed from (the copy may hold a newer one than announced)
+        resumes = "; it resumes from its checkpoint copied back" if job.checkpoint_epoch is not None else ""
         self.display.message(
-            f"{job.lost}: trial {rt.trial.number} of {rt.sweep.spec.name} goes back to the queue (not a failure)"
+            f"{job.lost}: trial {rt.trial.number} of {rt.sweep.spec.name} goes back to the queue "
+            f"(not a failure{resumes})"
         )
         if hasattr(self.executor, "host_lost"):
             self.executor.host_lost(host)
@@ -1225,6 +1474,7 @@ class Controller:
             rt.run_dir.write_result(result)
 
         written = self.pause.run(fl.RUNS_DIR, f"write {rt.run_dir.result_json}", write_files)
+        runner.unrecorded.add(trial._trial_id)  # until the storage has it: _recover must not take it over
         recorded = self.pause.run(
             fl.STORAGE,
             f"record trial {trial.number} of {runner.spec.name} ({state.name})",
@@ -1289,6 +1539,7 @@ def _recorder(
     curve: dict[int, float],
 ) -> Any:
     """The operation that records a finished trial in the storage; retried by the pause until it succeeds."""
+    import optuna
     from optuna.trial import TrialState
 
     tries = [0]
@@ -1300,7 +1551,12 @@ def _recorder(
         if tries[0] > 1:  # a retry: the storage may have taken it before the connection dropped
             frozen = storage.get_trial(trial._trial_id)
             if frozen.state.is_finished():
-                return
+                runner.unrecorded.discard(trial._trial_id)
+                if frozen.state == state and (state != TrialState.COMPLETE or frozen.value == value):
+                    return  # ours
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"trial {trial.number} was finished by another controller ({frozen.state.name})"
+                )
             stored = frozen.intermediate_values
         for step in sorted(set(curve) - set(stored)):  # what it missed while paused
             storage.set_trial_intermediate_value(trial._trial_id, step, curve[step])
@@ -1310,6 +1566,7 @@ def _recorder(
             runner.study.tell(trial, value)
         else:
             runner.study.tell(trial, state=state)
+        runner.unrecorded.discard(trial._trial_id)
         if runner.prune_view is not None:
             with contextlib.suppress(Exception):  # the view refreshes from the storage anyway
                 runner.prune_view.add_finished(storage.get_trial(trial._trial_id))

@@ -198,25 +198,35 @@ def _start_ticks(pid: int) -> str:
         return "?"
 
 
+ENV_HOST_ID = "ORCHESTRATE_HOST_ID"
+
+
+def host_id() -> str:
+    """This machine's name in controller ids: ``$ORCHESTRATE_HOST_ID`` when set (containers whose hostnames
+    collide, and tests standing in for another machine), else the hostname."""
+    import socket
+
+    return os.environ.get(ENV_HOST_ID, "").strip() or socket.gethostname()
+
+
 def controller_id() -> str:
     """``host:pid:start`` of this controller process."""
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+    return f"{host_id()}:{os.getpid()}:{_start_ticks(os.getpid())}"
 
 
-def owner_alive(owner: str | None) -> bool:
-    """Whether the controller named ``host:pid:start`` still runs (decidable on this host only).
+def owner_alive(owner: str | None, leases: Any = None, claim_age: float | None = None) -> bool:
+    """Whether the controller named ``host:pid:start`` still runs.
 
-    The current process counts as dead: a trial it left RUNNING belongs to an earlier, finished launch.
+    On this host: by its pid and process start time. The current process counts as dead: a trial it left
+    RUNNING belongs to an earlier, finished launch. On another host: by its heartbeat in the study's database
+    (``leases``, an :class:`orchestrator.leases.Leases`; ``claim_age`` is the age of the claim being looked at,
+    for an owner without a heartbeat row); without ``leases`` (a journal storage) it counts as alive.
     """
-    import socket
-
     if not owner or owner.count(":") < 2:
         return False
     host, pid_s, start = owner.rsplit(":", 2)
-    if host != socket.gethostname():
-        return True  # another machine's controller sharing the storage: not ours to judge
+    if host != host_id():
+        return True if leases is None else bool(leases.alive(owner, claim_age))
     try:
         pid = int(pid_s)
         os.kill(pid, 0)

@@ -35,6 +35,8 @@ class Job:
     ended: float | None = None
     handle: Any = None  # executor-specific (Popen)
     lost: str | None = None  # set (with the reason) when its host was lost: re-queue it, not a trial failure
+    #: a remote job: a checkpoint was copied back to its run dir, of this announced epoch at least
+    checkpoint_epoch: int | None = None
 
 
 class Executor(abc.ABC):

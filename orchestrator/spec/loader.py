@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from orchestrator.errors import SpecError
+from orchestrator.leases import MIN_LEASE_S
 from orchestrator.rundir import safe_name
 from orchestrator.spec.model import (
     PRUNER_TYPES,
@@ -37,7 +38,18 @@ __all__ = ["load_sweeps", "EXPERIMENTS_DIR", "COMMAND_MACROS", "optuna_pruner_cl
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 FILE_KEYS = ("defaults", "sweeps")
-DEFAULT_KEYS = ("project", "entity", "storage", "runs_dir", "slots", "wandb", "retries", "data_root", "hosts")
+DEFAULT_KEYS = (
+    "project",
+    "entity",
+    "storage",
+    "runs_dir",
+    "slots",
+    "wandb",
+    "retries",
+    "data_root",
+    "hosts",
+    "lease",
+)
 WANDB_SWEEP_KEYS = (
     "name",
     "method",
@@ -108,7 +120,7 @@ ENVVAR = re.compile(r"\$\{envvar:([A-Za-z_][A-Za-z0-9_]*)\}")
 _MACRO = re.compile(r"^\$\{([^}]*)\}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _EXPERIMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SLOTS = re.compile(r"^(auto|cpu:[1-9]\d*|gpu:(all|\d+)(x[1-9]\d*)?(,\d+(x[1-9]\d*)?)*)$")
+_SLOTS = re.compile(r"^(auto|hosts|cpu:[1-9]\d*|gpu:(all|\d+)(x[1-9]\d*)?(,\d+(x[1-9]\d*)?)*)$")
 _MAX_GRID_AXIS = 1_000_000
 
 # distribution -> the settings it takes (besides ``distribution``)
@@ -361,12 +373,21 @@ def _parse_defaults(ctx: _Ctx, raw: Any, line: int | None) -> Defaults:
             f"invalid slots '{slots}'",
             d.line_of("slots"),
             "defaults.slots",
-            hint="use auto, cpu:N, gpu:0,1 (GPU ids) or gpu:0x2 (2 trials on GPU 0)",
+            hint="use auto, cpu:N, gpu:0,1 (GPU ids), gpu:0x2 (2 trials on GPU 0) or hosts (only defaults.hosts)",
         )
     storage = ctx.string(d, "storage", "defaults") or base.storage
     runs_dir = ctx.string(d, "runs_dir", "defaults") or base.runs_dir
     wandb = _wandb_mode(ctx, d, "defaults") or base.wandb
     retries = ctx.integer(d, "retries", "defaults", minimum=0)
+    lease = ctx.number(d, "lease", "defaults")
+    if lease is not None and lease < MIN_LEASE_S:
+        ctx.fail(
+            f"must be at least {MIN_LEASE_S:g} (seconds), not {lease}",
+            d.line_of("lease"),
+            "defaults.lease",
+            hint="the seconds a controller sharing the storage may stay silent before another takes its "
+            "trials over; 30 is the default",
+        )
     return Defaults(
         project=ctx.string(d, "project", "defaults"),
         entity=ctx.string(d, "entity", "defaults"),
@@ -377,6 +398,7 @@ def _parse_defaults(ctx: _Ctx, raw: Any, line: int | None) -> Defaults:
         retries=base.retries if retries is None else retries,
         data_root=ctx.string(d, "data_root", "defaults"),
         hosts=_parse_hosts(ctx, d) if d.get("hosts") is not None else (),
+        lease=base.lease if lease is None else float(lease),
     )
 
 

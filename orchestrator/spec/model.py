@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from orchestrator.leases import DEFAULT_LEASE_S
 from orchestrator.spec.params import ParamSpace
 
 __all__ = [
@@ -37,6 +38,9 @@ class Defaults:
     retries: int = 1
     data_root: str | None = None
     hosts: tuple[HostSpec, ...] = ()  # remote boxes (``defaults.hosts:``), reached with the system ssh
+    lease: float = (
+        DEFAULT_LEASE_S  # seconds: a controller whose heartbeat is older is dead to the others (leases.py)
+    )
 
 
 @dataclass(frozen=True)

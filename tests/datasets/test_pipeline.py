@@ -86,3 +86,39 @@ def test_oversample() -> None:
     assert torch.equal(o[5], o[0].flip(-1)) and torch.equal(o[10], x[1, :, :6, :6])
     p = average_oversampled(torch.zeros(20, 4))
     assert p.shape == (2, 4) and torch.allclose(p, torch.full((2, 4), 0.25))
+
+
+def _loaders(device: str, train: bool, augment: Augment | None) -> list:
+    img, labels = _data(n=23, size=24)
+    idx = np.array([5, 2, 9, 0, 7, 11, 3, 22, 14, 1, 19, 8, 13])  # unsorted: the reorder path
+    loader = DeviceLoader(
+        img, labels, idx, batch_size=4, device=device, train=train, input_size=16, augment=augment, seed=3
+    )
+    return [(x.cpu(), {k: v.cpu() for k, v in y.items()}) for x, y in loader]
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the pinned-buffer ring and sync-free flips are CUDA code"
+)
+def test_cuda_batches_equal_the_cpu_batches() -> None:
+    """CUDA path (pinned ring buffers reused across batches, flips by ``where``) = CPU path, batch for batch."""
+    for train, aug in [
+        (False, None),
+        (True, Augment(flip=1.0, **_NO_GEOMETRY)),
+        (True, Augment(flip=0.0, **_NO_GEOMETRY)),
+    ]:
+        cpu, gpu = _loaders("cpu", train, aug), _loaders("cuda", train, aug)
+        assert len(cpu) == len(gpu) >= 3  # more batches than ring buffers when batch 4 of 13 (+ drop_last)
+        for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
+            assert torch.allclose(xc, xg, atol=1e-5)
+            assert yc.keys() == yg.keys() and all(torch.equal(yc[k], yg[k]) for k in yc)
+
+
+_NO_GEOMETRY = {
+    "scale": (1.0, 1.0),
+    "ratio": (1.0, 1.0),
+    "rotate": 0.0,
+    "translate": False,
+    "brightness": 0.0,
+    "contrast": 0.0,
+}

@@ -133,3 +133,48 @@ def test_task_model_wraps_and_greyscales() -> None:
     m(torch.randn(2, 3, 4, 4))
     rgb = seen["x"] * m.std + m.mean
     assert torch.allclose(rgb[:, 0], rgb[:, 1], atol=1e-5) and torch.allclose(rgb[:, 1], rgb[:, 2], atol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sync_free_loss_equals_the_masked_reference(smoothing: float, weighted: bool) -> None:
+    """compute_loss avoids boolean indexing (a GPU→CPU sync per step); it must equal the loss over the
+    known labels computed the plain way, for every task kind, class weights and label smoothing."""
+    g = torch.Generator().manual_seed(0)
+    n = 37
+    ts = T.build_tasks(["gender", "age_group", "age"], CLASSES)
+    coral = T.build_tasks(["coral"], CLASSES)[0]
+    out = {t.name: torch.randn(n, t.head_size, generator=g) for t in [*ts, coral]}
+    y = {
+        "gender": torch.randint(-1, 2, (n,), generator=g),
+        "age_group": torch.randint(-1, 8, (n,), generator=g),
+        "coral": torch.randint(-1, 8, (n,), generator=g),
+        "age": torch.where(torch.rand(n, generator=g) < 0.3, float("nan"), 60 * torch.rand(n, generator=g)),
+    }
+    w = (
+        {"gender": torch.tensor([1.0, 3.0]), "age_group": torch.rand(8, generator=g) + 0.5}
+        if weighted
+        else None
+    )
+    for loss_name in ("mse", "l1", "smooth_l1"):
+        _, parts = T.compute_loss(
+            out, y, [*ts, coral], label_smoothing=smoothing, weights=w, regression_loss=loss_name
+        )
+        for t in [*ts, coral]:
+            if t.kind == "regression":
+                m = ~torch.isnan(y["age"])
+                p, q = out["age"].reshape(-1)[m], y["age"][m] / 100.0
+                fn = {"mse": F.mse_loss, "l1": F.l1_loss}.get(loss_name)
+                ref = fn(p, q) if fn else F.smooth_l1_loss(p, q, beta=0.05)
+            elif t.kind == "coral":
+                m = y["coral"] >= 0
+                ref = T.coral_loss(out["coral"][m], y["coral"][m], t.num_classes)
+            else:
+                m = y[t.name] >= 0
+                ref = F.cross_entropy(
+                    out[t.name][m],
+                    y[t.name][m],
+                    weight=w.get(t.name) if w else None,
+                    label_smoothing=smoothing,
+                )
+            assert float(parts[t.name]) == pytest.approx(float(ref), rel=1e-5), (t.name, loss_name)

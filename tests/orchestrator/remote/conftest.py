@@ -145,8 +145,10 @@ def have_sshd() -> bool:
 
 
 @contextlib.contextmanager
-def sshd_boxes(names: tuple[str, ...] = ("boxa", "boxb")) -> Iterator[list[SSHBox]]:
-    """sshd on 127.0.0.1, one port per name, a user key and a known_hosts listing their host keys."""
+def sshd_boxes(names: tuple[str, ...] = ("boxa", "boxb"), extra_config: str = "") -> Iterator[list[SSHBox]]:
+    """sshd on 127.0.0.1, one port per name, a user key and a known_hosts listing their host keys.
+
+    ``extra_config``: more sshd_config lines (e.g. ``SetEnv PATH=…`` to give a box its own programs)."""
     assert SSHD is not None
     # short path: ssh's ControlPath sockets must fit in 108 bytes
     base = Path(tempfile.mkdtemp(prefix="orch-sshd-", dir="/tmp"))
@@ -170,7 +172,7 @@ def sshd_boxes(names: tuple[str, ...] = ("boxa", "boxb")) -> Iterator[list[SSHBo
             f"AuthorizedKeysFile {key}.pub\n"
             "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "StrictModes no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
-            "LogLevel ERROR\nMaxSessions 64\nMaxStartups 64:30:128\n"
+            "LogLevel ERROR\nMaxSessions 64\nMaxStartups 64:30:128\n" + extra_config
         )
         pub = (root / "host_key.pub").read_text().split()
         lines.append(f"[127.0.0.1]:{box.port} {pub[0]} {pub[1]}\n")

@@ -142,6 +142,8 @@ INVALID = [
     ("hyperband_no_iter.yaml", 3, "early_terminate", "min_iter"),
     ("pruner_bad_option.yaml", 3, "pruner.n_startup", "unknown key"),
     ("bad_slots.yaml", 2, "defaults.slots", "invalid slots"),
+    ("lease_too_short.yaml", 3, "defaults.lease", "at least 1"),
+    ("lease_not_a_number.yaml", 2, "defaults.lease", "must be a number"),
     ("log_values_nonpositive.yaml", 3, "parameters.lr.min", "min > 0"),
     ("duplicate_key.yaml", 4, "lr", "duplicate key"),
 ]
@@ -168,6 +170,16 @@ def test_suggestions() -> None:
     with pytest.raises(SpecError) as info:
         load_sweeps(FILES / "invalid" / "unknown_experiment.yaml", experiments_dir=EXPERIMENTS)
     assert info.value.hint is not None and "did you mean 'train'?" in info.value.hint
+
+
+def test_lease_default_and_setting(tmp_path: Path) -> None:
+    """``defaults.lease``: how long a controller sharing the storage may stay silent (orchestrator/leases.py)."""
+    path = tmp_path / "s.yaml"
+    body = "sweeps:\n  - {name: a, method: random, program: t.py, parameters: {x: {value: 1}}}\n"
+    path.write_text(body)
+    assert load_sweeps(path).defaults.lease == 30.0
+    path.write_text("defaults: {lease: 7.5}\n" + body)
+    assert load_sweeps(path).defaults.lease == 7.5
 
 
 def test_missing_file(tmp_path: Path) -> None:

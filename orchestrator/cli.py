@@ -194,6 +194,7 @@ def _launch(
             _print_plan(plan)
         return 0
 
+    from orchestrator.faults import mask_url
     from orchestrator.leases import DEFAULT_LEASE_S
     from orchestrator.live import make_display
     from orchestrator.scheduler import Controller, LaunchOptions
@@ -225,7 +226,7 @@ def _launch(
     display = make_display(plain)
     display.message(
         f"launch {file}: {len(specs)} sweep(s) on {len(opts.slots)} slot(s) "
-        f"[{', '.join(s.id for s in opts.slots)}], storage {opts.storage}, W&B {opts.wandb_mode}"
+        f"[{', '.join(s.id for s in opts.slots)}], storage {mask_url(opts.storage)}, W&B {opts.wandb_mode}"
     )
     controller = Controller(specs, opts, display)
     try:
@@ -237,6 +238,7 @@ def _launch(
             f"[{name}] {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
             + (f" ({c['retried']} retried)" if c["retried"] else "")
             + (f", {c['recovered']} recovered from a dead controller" if c["recovered"] else "")
+            + (f", {c['imported']} recorded from their result.json" if c.get("imported") else "")
         )
     display.message(
         f"wall {outcome.wall_s:.1f}s, slot utilisation {outcome.utilisation:.2f} "

@@ -78,6 +78,10 @@ class PlainDisplay:
     def message(self, text: str) -> None:
         self._say(text)
 
+    def pause_status(self, text: str | None) -> None:
+        """While the storage or runs dir fails: what is paused, why, when it is retried (None: not paused).
+        Plain output has the controller's messages for that already."""
+
     def tick(self) -> None:
         pass
 
@@ -96,6 +100,7 @@ class LiveDisplay(PlainDisplay):
         self.console = Console()
         self.rows: dict[tuple[str, int], _Row] = {}
         self.runners: dict[str, Any] = {}  # sweep name → its SweepRunner (counts for the caption)
+        self.paused: str | None = None  # the pause line (storage or runs dir failing), shown above the counts
         self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=True)
         self.started = False  # the table appears with the first trial, below the start-up messages
 
@@ -120,7 +125,8 @@ class LiveDisplay(PlainDisplay):
 
     def _caption(self) -> str:
         """Per sweep: finished/pruned/failed counts, running and queued — what `orchestrate status` shows."""
-        parts = []
+        paused: str | None = getattr(self, "paused", None)
+        parts: list[str] = [paused] if paused else []
         for name, r in self.runners.items():
             c = r.counts
             queued = len(r.pending)
@@ -166,6 +172,11 @@ class LiveDisplay(PlainDisplay):
         self.rows.pop((sweep, number), None)
         super().trial_finished(sweep, number, state, value, duration, reason, steps)
         self.live.update(self._table())
+
+    def pause_status(self, text: str | None) -> None:
+        self.paused = text
+        if self.started:
+            self.live.update(self._table())
 
     def tick(self) -> None:
         self.live.update(self._table())

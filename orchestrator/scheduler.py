@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import faults as fl
 from orchestrator import protocol
 from orchestrator import storage as st
 from orchestrator.claims import open_claims
@@ -97,6 +98,7 @@ class Outcome:
     wall_s: float = 0.0
     busy_s: float = 0.0  # sum of trial durations
     slots: int = 0
+    unrecorded: int = 0  # finished results the storage did not take before an interrupted launch ended
 
     @property
     def utilisation(self) -> float:
@@ -163,6 +165,7 @@ class _Part:
     wandb_id: str = ""
     ready_s: float | None = None  # from the job's start to its first info/metric line (start-up cost)
     logged: set[int] = field(default_factory=set)  # steps in metrics.jsonl (a resumed job re-reports them)
+    unwritten: list[str] = field(default_factory=list)  # metrics.jsonl lines a full disk did not take yet
 
 
 @dataclass
@@ -186,6 +189,9 @@ class _Running:
     last_value: float | None = None
     failed_part: _Part | None = None
     start_attrs: dict[str, Any] = field(default_factory=dict)
+    start_recorded: bool = False  # the start attributes are in the storage (else the finish writes them too)
+    # step → the trial's value reported to the pruner (or kept for the storage while it is paused)
+    curve: dict[int, float] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -302,7 +308,7 @@ class SweepRunner:
         self.finished = 0
         self.running = 0
         self.best: float | None = None
-        self.counts = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "recovered": 0}
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "recovered": 0, "imported": 0}
         self.exhausted = False
         self.live: dict[int, Any] = {}  # trial id → optuna.Trial of this sweep's running trials
         self.overrides: dict[str, dict[str, Any]] = {}  # point → parameters changed for its retry (OOM)
@@ -318,6 +324,8 @@ class SweepRunner:
         self.elsewhere: set[str] = set()  # other live controllers running points of this sweep
         self.notes: list[str] = []  # what the controller should say (takeovers)
         self.resume_from: dict[str, Any] = {}  # point → its interrupted trial (a checkpoint may be left)
+        self.abandoned: list[int] = []  # trial ids created while the storage failed: never run, to mark FAIL
+        self.unrecorded: set[int] = set()  # ids of trials finished here whose record waits for the storage
         self._recover()
 
     # ----- start-up (and while waiting for other controllers): read the study, work out what is left -----
@@ -333,12 +341,18 @@ class SweepRunner:
         taken: dict[str, int] = {}
         points: dict[str, list[Any]] = {}
         for t in self.study.get_trials(deepcopy=False):
-            if t.state == TrialState.RUNNING and t._trial_id not in self.live:
+            if (
+                t.state == TrialState.RUNNING
+                and t._trial_id not in self.live
+                and t._trial_id not in self.unrecorded
+            ):
                 owner = t.user_attrs.get(st.ATTR_CONTROLLER)
                 if st.owner_alive(owner, self.leases) or self._just_asked(t):
                     self.elsewhere.add(str(owner))
                 else:
-                    if self._interrupt(t):
+                    # finished but never recorded (its controller was paused on the storage): record it from
+                    # its result.json; else it is interrupted and runs again
+                    if not self._import_result(t) and self._interrupt(t):
                         taken[str(owner)] = taken.get(str(owner), 0) + 1
                     t = self.study._storage.get_trial(t._trial_id)
             if t.state == TrialState.WAITING:
@@ -411,6 +425,51 @@ class SweepRunner:
         if self.cap is not None and self.finished >= self.cap:
             return set()
         return self.elsewhere | (self.claims.blocked_by if self.claims is not None else set())
+
+    def _import_result(self, t: Any) -> bool:
+        """Record a trial left RUNNING from its ``result.json``: its controller finished it but died before the
+        storage took the result (it was paused: database locked or down). The point is not run again."""
+        from optuna.trial import TrialState
+
+        path = t.user_attrs.get(st.ATTR_RUN_DIR)
+        run_dir = (
+            RunDir(path) if path else RunDir.for_trial(self.opts.runs_dir.resolve(), self.spec.name, t.number)
+        )
+        result = run_dir.read_result()
+        record = (result or {}).get("record")
+        if not result or not isinstance(record, dict) or result.get("trial") != t.number:
+            return False
+        attrs = dict(record.get("attrs") or {})
+        owner = t.user_attrs.get(st.ATTR_CONTROLLER)
+        if result.get("sweep") != self.spec.name or attrs.get(st.ATTR_POINT) != self._key_of(t):
+            return False  # another study's run dir under the same name
+        if owner is not None and attrs.get(st.ATTR_CONTROLLER) != owner:
+            return False
+        state = {s.name: s for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}.get(
+            str(result.get("state"))
+        )
+        if state is None:
+            return False
+        import optuna
+
+        storage = self.study._storage
+        curve = {int(k): float(v) for k, v in (record.get("intermediate") or {}).items()}
+        values = None
+        if state == TrialState.COMPLETE:
+            values = [float(result["value"])]
+        elif state == TrialState.PRUNED and curve and math.isfinite(curve[max(curve)]):
+            values = [curve[max(curve)]]  # what Optuna's tell gives a pruned trial: its last reported value
+        try:
+            for step, v in sorted(curve.items()):
+                if step not in t.intermediate_values:
+                    storage.set_trial_intermediate_value(t._trial_id, step, v)
+            for key, value in {**attrs, st.ATTR_IMPORTED: str(run_dir.result_json)}.items():
+                storage.set_trial_user_attr(t._trial_id, key, value)
+            storage.set_trial_state_values(t._trial_id, state, values)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # another controller recovered it first
+        self.counts["imported"] += 1
+        return True
 
     def _just_asked(self, t: Any) -> bool:
         """A RUNNING trial that a live controller sharing the storage created a moment ago (owner not yet written)."""
@@ -541,15 +600,23 @@ class SweepRunner:
             self.pending.popleft()  # another controller sharing the storage runs this point
         if not self.can_start():
             return None
+        fixed: dict[str, Any] | None = None
         if self.pending:
             fixed, attempt = self.pending.popleft()
             self.sampler.fixed = fixed
         else:
             attempt = 1
             self.sampler.fixed = None
+        trial = None
         try:
             trial = self._ask()
             values = self.spec.parameters.sample(trial, grid=self.spec.method == "grid")
+        except BaseException:  # the storage failed half-way: the point waits, a half-made trial is marked
+            if fixed is not None:
+                self.pending.appendleft((fixed, attempt))
+            if trial is not None:
+                self.abandoned.append(trial._trial_id)
+            raise
         finally:
             self.sampler.fixed = None
         self.live[trial._trial_id] = trial
@@ -566,7 +633,11 @@ class SweepRunner:
             trial_id = study._storage.create_new_trial(study._study_id)
         except AttributeError:  # another Optuna version: the public path
             return study.ask()
-        return optuna.Trial(study, trial_id)
+        try:
+            return optuna.Trial(study, trial_id)
+        except BaseException:
+            self.abandoned.append(trial_id)  # created, but the storage failed before it got its owner
+            raise
 
 
 class _TakenOver(RunError):
@@ -603,6 +674,15 @@ class Controller:
         self._next_watch = 0.0
         self._next_rescan = 0.0
         self._said_waiting = False
+        # storage or runs dir failing mid-sweep: running trials go on, nothing new starts, what failed is retried
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        self.pause = fl.Pause(
+            {fl.STORAGE: fl.mask_url(opts.storage), fl.RUNS_DIR: str(opts.runs_dir.resolve())},
+            say=display.message,
+            status=getattr(display, "pause_status", None),
+            fatal=(UpdateFinishedTrialError,),  # another controller took a trial over: run() stops (leases)
+        )
 
     # ----- main loop -----
     def run(self) -> Outcome:
@@ -630,10 +710,19 @@ class Controller:
         )  # the display says what happens, not Optuna's log
         t0 = time.time()
         storage = st.get_storage(self.opts.storage)
-        self.leases = open_leases(storage, self.controller_id, self.opts.lease_s)
-        if self.leases is not None:
-            self.leases.start()  # the first heartbeat is written before any claim
-        self.runners = [SweepRunner(spec, storage, self.opts, self.leases) for spec in self.specs]
+        try:
+            self.leases = open_leases(storage, self.controller_id, self.opts.lease_s)
+            if self.leases is not None:
+                self.leases.start()  # the first heartbeat is written before any claim
+            self.runners = [SweepRunner(spec, storage, self.opts, self.leases) for spec in self.specs]
+        except Exception as exc:
+            cause = fl.transient(exc)
+            if cause is None:
+                raise
+            raise RunError(
+                f"storage {fl.mask_url(self.opts.storage)} failed while reading the studies: {cause}",
+                hint="nothing was started; run the same command again once the storage answers",
+            ) from exc
         by_name = {r.spec.name: r for r in self.runners}
         for r in self.runners:
             if getattr(r.spec, "depends_on", None):
@@ -653,15 +742,25 @@ class Controller:
                 if self.stopping and not stop_sent:
                     stop_sent = True
                     self._stop_all()
+                if self.pause.due():
+                    self.pause.retry()  # the storage or runs dir failed: retry what waits (back-off)
                 if not self.stopping:
-                    self._watch_others()
+                    self._watch_others_unless_paused()
                     self._fill_slots()
-                if not self.jobs and not self._waiting_for_hosts() and not self._waiting_for_others():
+                if (
+                    not self.jobs
+                    and not self._waiting_for_hosts()
+                    and not self._waiting_for_others()
+                    and not self._waiting_for_storage()
+                ):
                     break
+                wait = self.pause.seconds_to_retry()
                 try:
-                    # blocks until a child reports or exits; the timeout only refreshes the live view and
-                    # notices Ctrl-C (a signal handler must not touch the queue's lock)
-                    kind, job, payload = self.events.get(timeout=0.5)
+                    # blocks until a child reports or exits; the timeout only refreshes the live view,
+                    # notices Ctrl-C (a signal handler must not touch the queue's lock) and paces retries
+                    kind, job, payload = self.events.get(
+                        timeout=0.5 if wait is None else min(0.5, wait + 0.01)
+                    )
                 except queue.Empty:
                     self.display.tick()
                     continue
@@ -675,13 +774,58 @@ class Controller:
             getattr(self.executor, "close", lambda: None)()
         self.outcome.wall_s = time.time() - t0
         self.outcome.interrupted = self.stopping
+        self.outcome.unrecorded = self.pause.waiting_results()
+        if self.outcome.unrecorded:
+            causes = "; ".join(f"{f.resource} {f.where}: {f.cause}" for f in self.pause.faults.values())
+            self.display.message(
+                f"{self.outcome.unrecorded} finished result(s) could not be recorded ({causes}): they are kept "
+                f"in their run directories (result.json) and the next `orchestrate launch` imports them"
+            )
+        if self.pause.status is not None:
+            self.pause.status(None)
         for r in self.runners:
             if r.blocked:
                 self.display.message(f"[{r.spec.name}] not started: {r.blocked}")
             self.outcome.counts[r.spec.name] = dict(r.counts, finished=r.finished)
         return self.outcome
 
+    def _waiting_for_storage(self) -> bool:
+        """Nothing runs, but results wait for the storage (never leave them), or a pause holds work back."""
+        if self.pause.ops:
+            return not self.stopping  # Ctrl-C: leave; the next launch imports the results from the run dirs
+        if self.stopping or not self.pause.blocking():
+            return False
+        if self.trials:
+            return True
+        try:
+            return any(r.can_start() for r in self.runners)
+        except Exception as exc:
+            if fl.transient(exc) is None:
+                raise
+            return True
+
     # ----- other controllers sharing the studies -----
+    def _watch_others_unless_paused(self) -> None:
+        """``_watch_others`` while the storage answers; a storage fault half-way pauses the controller and
+        puts back the queues ``_recover`` was rebuilding (the next watch after the pause reads them again)."""
+        if self.pause.blocking(fl.STORAGE):
+            return
+        saved = [
+            (r, deque(r.pending), dict(r.resume_from), r.finished, set(r.elsewhere)) for r in self.runners
+        ]
+        blocked = [set(r.claims.blocked_by) if r.claims is not None else set() for r in self.runners]
+        try:
+            self._watch_others()
+        except Exception as exc:
+            cause = fl.transient(exc)
+            if cause is None:
+                raise
+            for (r, pending, resume, finished, elsewhere), by in zip(saved, blocked, strict=True):
+                r.pending, r.resume_from, r.finished, r.elsewhere = pending, resume, finished, elsewhere
+                if r.claims is not None:
+                    r.claims.blocked_by = by
+            self.pause.trip(fl.STORAGE, cause, "read the studies for other controllers' points")
+
     def _watch_others(self) -> None:
         """Take over the points of another controller that died; notice if this one was silent past its lease.
 
@@ -797,17 +941,34 @@ class Controller:
         for host in self.executor.hosts_back() if hasattr(self.executor, "hosts_back") else []:
             self.free.extend(self._resting.pop(host, []))
             self.display.message(f"host {host} answers again: its slots are back")
-        while self.free:
+        while self.free and not self.pause.blocking():  # paused: nothing new starts until the retry
             # first the folds still waiting of trials already started (a configuration finishes sooner),
             # then new trials, in sweep order
             rt = next((t for t in self.trials.values() if t.stopping is None and t.pending()), None)
             if rt is not None:
                 self._start_part(rt, rt.pending()[0], self.free.pop(0))
                 continue
-            runner = next((r for r in self.runners if r.can_start()), None)
-            if runner is None:
+            runner = None
+            try:
+                runner = next((r for r in self.runners if r.can_start()), None)
+                if runner is None:
+                    return
+                rt = self._new_trial(runner)
+            except Exception as exc:
+                cause = fl.transient(exc)
+                if cause is None:
+                    raise
+                self.pause.trip(
+                    fl.STORAGE, cause, f"start a trial of {runner.spec.name if runner else 'a sweep'}"
+                )
+                # trials the storage half-made: marked failed (never ran, not an attempt) once it is back
+                for r in self.runners:
+                    for trial_id in r.abandoned:
+                        self.pause.defer(
+                            fl.STORAGE, f"mark trial id {trial_id} as never run", _never_ran(r, trial_id)
+                        )
+                    r.abandoned.clear()
                 return
-            rt = self._new_trial(runner)
             if rt is None:
                 continue
             self._start_part(rt, rt.pending()[0], self.free.pop(0))
@@ -826,7 +987,8 @@ class Controller:
             # program gets --init_checkpoint=<path>
             nested.pop("init_rank", None)
             nested["pretrained" if spec.experiment else "init_checkpoint"] = init
-        run_dir = RunDir.for_trial(self.opts.runs_dir.resolve(), spec.name, trial.number).create()
+        # created by _start_part, where a full or read-only disk pauses the controller
+        run_dir = RunDir.for_trial(self.opts.runs_dir.resolve(), spec.name, trial.number)
         folds = getattr(spec, "folds", None)
         parts = (
             [_Part(fold=None, run_dir=run_dir)]
@@ -891,35 +1053,45 @@ class Controller:
                     "W&B run)"
                 )
 
-    def _start_part(self, rt: _Running, part: _Part, slot: Slot) -> None:
+    def _start_part(self, rt: _Running, part: _Part, slot: Slot) -> bool:
+        """Start one job of a trial on ``slot``. False when the runs dir or the storage failed before the job
+        started: the slot is free again, the job stays pending (no attempt spent) and the controller pauses."""
         spec = rt.sweep.spec
         number = rt.trial.number
         nested = dict(rt.nested)
         if part.fold is not None:
             nested["fold"] = part.fold
-        part.run_dir.create()
-        part.run_dir.write_trial(
-            {
-                "sweep": spec.name,
-                "trial": number,
-                "attempt": rt.attempt,
-                "fold": part.fold,
-                "experiment": spec.experiment,
-                "params": nested,
-                "metric": {"name": spec.metric.name, "goal": spec.metric.goal} if spec.metric else None,
-                "project": spec.project,
-                "data_root": getattr(spec, "data_root", None),
-                "seed": number,
-                "slot": slot.id,
-            }
-        )
         suffix = "" if part.fold is None else f"-fold{part.fold}"
-        job = Job(key=f"{rt.key}{suffix}", slot=slot, run_dir=part.run_dir, argv=[])
-        job.argv = self._argv(spec, part.run_dir, nested)
-        env = self._env(spec, slot, part.run_dir, number, part.wandb_id, part.fold)
+        try:
+            part.run_dir.create()
+            part.run_dir.write_trial(
+                {
+                    "sweep": spec.name,
+                    "trial": number,
+                    "attempt": rt.attempt,
+                    "fold": part.fold,
+                    "experiment": spec.experiment,
+                    "params": nested,
+                    "metric": {"name": spec.metric.name, "goal": spec.metric.goal} if spec.metric else None,
+                    "project": spec.project,
+                    "data_root": getattr(spec, "data_root", None),
+                    "seed": number,
+                    "slot": slot.id,
+                }
+            )
+            job = Job(key=f"{rt.key}{suffix}", slot=slot, run_dir=part.run_dir, argv=[])
+            job.argv = self._argv(spec, part.run_dir, nested)
+            env = self._env(spec, slot, part.run_dir, number, part.wandb_id, part.fold)
+            self.executor.submit(job, env, PROJECT_ROOT if spec.experiment else Path.cwd())
+        except Exception as exc:
+            fault = fl.fault_of(exc)
+            if fault is None:
+                raise
+            self.free.insert(0, slot)
+            self.pause.trip(*fault, f"start trial {number} of {spec.name} in {part.run_dir.path}")
+            return False
         part.job, part.state = job, "running"
         self.jobs[job.key] = (rt, part)
-        self.executor.submit(job, env, PROJECT_ROOT if spec.experiment else Path.cwd())
         # the child is starting: record who runs it where (a controller that dies in between leaves a trial
         # whose owner attribute, written when it was asked for, still lets the next launch recover it)
         if part is rt.parts[0]:
@@ -927,9 +1099,15 @@ class Controller:
             price = self._prices.get(slot.host)
             if price is not None:  # the host inventory's price: the leaderboard's cost column
                 attrs[st.ATTR_COST] = price
-            st.set_user_attrs(rt.trial, attrs)
+            rt.start_attrs = attrs
+            rt.start_recorded = self.pause.run(
+                fl.STORAGE,
+                f"record the start of trial {number} of {spec.name}",
+                lambda: st.set_user_attrs(rt.trial, attrs),
+            )
         label = spec.name if part.fold is None else f"{spec.name} fold {part.fold}"
         self.display.trial_started(label, number, slot.id, rt.flat, rt.attempt)
+        return True
 
     def _argv(self, spec: Any, run_dir: RunDir, nested: dict[str, Any]) -> list[str]:
         if spec.experiment:
@@ -1015,7 +1193,12 @@ class Controller:
                 "run_dir": event.get("remote_run_dir"),
                 "pid": event["remote_pid"],
             }
-            rt.trial.set_user_attr(ATTR_REMOTE + ("" if part.fold is None else f".fold{part.fold}"), where)
+            key = ATTR_REMOTE + ("" if part.fold is None else f".fold{part.fold}")
+            self.pause.run(
+                fl.STORAGE,
+                f"record where trial {rt.trial.number} of {rt.sweep.spec.name} runs",
+                lambda: rt.trial.set_user_attr(key, where),
+            )
             return
         if kind == protocol.EVENT_INFO and "resumed_from_epoch" in event:  # it continued from a checkpoint
             fold = "" if part.fold is None else f" fold {part.fold}"
@@ -1023,11 +1206,12 @@ class Controller:
                 f"trial {rt.trial.number} of {rt.sweep.spec.name}{fold} resumed from its checkpoint "
                 f"after epoch {event['resumed_from_epoch']}"
             )
-            with contextlib.suppress(Exception):  # only a record: the storage may be busy
-                rt.trial.set_user_attr(
-                    ATTR_RESUMED + ("" if part.fold is None else f".fold{part.fold}"),
-                    event["resumed_from_epoch"],
-                )
+            resumed = ATTR_RESUMED + ("" if part.fold is None else f".fold{part.fold}")
+            self.pause.run(
+                fl.STORAGE,
+                f"record that trial {rt.trial.number} of {rt.sweep.spec.name} resumed",
+                lambda: rt.trial.set_user_attr(resumed, event["resumed_from_epoch"]),
+            )
         if part.ready_s is None and kind in (protocol.EVENT_INFO, protocol.EVENT_METRICS):
             part.ready_s = time.time() - job.started  # slot given → the child is set up and training
         if kind == protocol.EVENT_SUMMARY:
@@ -1041,8 +1225,17 @@ class Controller:
         part.steps += 1
         if step not in part.logged:  # a job resumed after its host was lost re-reports the steps before
             part.logged.add(step)
-            with open(job.run_dir.metrics_jsonl, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+            part.unwritten.append(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        if part.unwritten and not self.pause.blocking(fl.RUNS_DIR):  # a full disk: the lines wait in memory
+            try:
+                _write_metrics(part)
+            except OSError as exc:
+                cause = fl.transient(exc)
+                if cause is None:
+                    raise
+                self.pause.trip(fl.RUNS_DIR, cause, f"write {part.run_dir.metrics_jsonl}")
+            else:
+                self.pause.ok(fl.RUNS_DIR)
         metric = rt.sweep.metric
         value = protocol.as_float(metrics.get(metric.name)) if metric is not None else None
         label = rt.sweep.spec.name if part.fold is None else f"{rt.sweep.spec.name} fold {part.fold}"
@@ -1069,17 +1262,33 @@ class Controller:
         assert metric is not None
         value = statistics.fmean(values)
         rt.reported.add(step)
+        rt.curve[step] = value
         rt.last_value = value
         if rt.best_value is None or (
             value > rt.best_value if metric.goal == "maximize" else value < rt.best_value
         ):
             rt.best_value, rt.best_step = value, step
-        rt.trial.report(value, step)
+        if self.pause.blocking(fl.STORAGE):
+            return  # pruning waits for the storage; the curve is stored once it is back
         runner = rt.sweep
-        if runner.prune_view is not None:
-            prune = bool(runner.pruner.prune(runner.prune_view, rt.trial._cached_frozen_trial))
-        else:
-            prune = rt.trial.should_prune()
+        try:
+            stored = rt.trial._cached_frozen_trial.intermediate_values
+            missed = [step] if len(stored) + 1 == len(rt.curve) else sorted(set(rt.curve) - set(stored))
+            for s in missed:  # steps the storage missed while it was paused come first
+                rt.trial.report(rt.curve[s], s)
+            if runner.prune_view is not None:
+                prune = bool(runner.pruner.prune(runner.prune_view, rt.trial._cached_frozen_trial))
+            else:
+                prune = rt.trial.should_prune()
+        except Exception as exc:
+            cause = fl.transient(exc)
+            if cause is None:
+                raise
+            self.pause.trip(
+                fl.STORAGE, cause, f"report step {step} of trial {rt.trial.number} of {runner.spec.name}"
+            )
+            return
+        self.pause.ok(fl.STORAGE)
         if prune:
             rt.stopping = "pruned"
             self.display.trial_pruning(rt.sweep.spec.name, rt.trial.number, step)
@@ -1172,6 +1381,7 @@ class Controller:
         state: Any
         value: float | None = None
         reason: str | None = None
+        disk_fault = False
         all_ok = all(p.state == "done" for p in parts)
         if rt.stopping == "pruned":
             state = TrialState.PRUNED
@@ -1193,6 +1403,17 @@ class Controller:
             attrs[st.ATTR_STDERR] = bad.run_dir.tail("stderr", 30)[-4000:]
             if _OOM.search(attrs[st.ATTR_STDERR]):
                 reason = "CUDA out of memory: " + reason
+            disk = fl.probe_dir(bad.run_dir.path) if rt.stopping == "failed" else None
+            if disk is not None:
+                self.pause.trip(fl.RUNS_DIR, disk, f"run trial {trial.number} of {runner.spec.name}")
+            elif rt.stopping == "failed":  # the disk was full while it ran (and may have space again by now)
+                started = min((p.job.started for p in parts if p.job is not None), default=rt.started)
+                seen = fl.DISK_TEXT.search(attrs[st.ATTR_STDERR])
+                disk = self.pause.failed_since(fl.RUNS_DIR, started) or (seen.group(0) if seen else None)
+            if disk is not None:  # it could not write (checkpoint, logs): not the trial's fault, run it again
+                disk_fault = True
+                reason += f" while its run dir was unwritable ({disk}): runs again, not counted as an attempt"
+                attrs[st.ATTR_INTERRUPTED] = True
         elif metric is None:
             state, value = TrialState.COMPLETE, 0.0
             attrs[st.ATTR_NO_METRIC] = True
@@ -1213,44 +1434,59 @@ class Controller:
                     attrs[st.ATTR_FOLD_STD] = statistics.stdev(finite)
         if state == TrialState.FAIL:
             attrs[st.ATTR_REASON] = reason
-        st.set_user_attrs(trial, attrs)
-        try:
-            if state == TrialState.COMPLETE:
-                runner.study.tell(trial, value)
-            else:
-                runner.study.tell(trial, state=state)
-        except Exception as exc:  # the storage went away: keep the result on disk, say so
-            self.display.message(f"could not record trial {trial.number} in the storage: {exc}")
         runner.live.pop(trial._trial_id, None)
-        if runner.prune_view is not None:
-            with contextlib.suppress(Exception):  # the view refreshes from the storage anyway
-                runner.prune_view.add_finished(runner.study._storage.get_trial(trial._trial_id))
-        rt.run_dir.write_result(
-            {
-                "sweep": runner.spec.name,
-                "trial": trial.number,
-                "attempt": rt.attempt,
-                "state": state.name,
-                "value": value,
-                "reason": reason,
-                "epochs": attrs[st.ATTR_EPOCHS],
-                "best_step": rt.best_step,
-                "duration_s": round(duration, 3),
-                "summary": summary or None,
-                "params": rt.nested,
-                "folds": attrs.get(st.ATTR_FOLDS),
-                "jobs": [
-                    {
-                        "fold": p.fold,
-                        "state": p.state,
-                        "returncode": p.rc,
-                        "slot": p.job.slot.id if p.job else None,
-                        "duration_s": round(p.duration, 3),
-                        "wandb_run_id": p.wandb_id,
-                    }
-                    for p in parts
-                ],
-            }
+        # the result goes to its run dir first (atomically: a relaunch imports it if the storage never takes
+        # it), then to the storage; either one failing pauses the controller and is retried, never dropped
+        result = {
+            "sweep": runner.spec.name,
+            "trial": trial.number,
+            "attempt": rt.attempt,
+            "state": state.name,
+            "value": value,
+            "reason": reason,
+            "epochs": attrs[st.ATTR_EPOCHS],
+            "best_step": rt.best_step,
+            "duration_s": round(duration, 3),
+            "summary": summary or None,
+            "params": rt.nested,
+            "folds": attrs.get(st.ATTR_FOLDS),
+            "jobs": [
+                {
+                    "fold": p.fold,
+                    "state": p.state,
+                    "returncode": p.rc,
+                    "slot": p.job.slot.id if p.job else None,
+                    "duration_s": round(p.duration, 3),
+                    "wandb_run_id": p.wandb_id,
+                }
+                for p in parts
+            ],
+            # what the storage gets, so that a relaunch can record it from here (SweepRunner._import_result)
+            "record": {
+                "attrs": {**rt.start_attrs, **attrs},
+                "intermediate": {str(k): v for k, v in sorted(rt.curve.items())},
+            },
+        }
+
+        def write_files() -> None:
+            for p in parts:
+                _write_metrics(p)
+            rt.run_dir.write_result(result)
+
+        written = self.pause.run(fl.RUNS_DIR, f"write {rt.run_dir.result_json}", write_files)
+        runner.unrecorded.add(trial._trial_id)  # until the storage has it: _recover must not take it over
+        recorded = self.pause.run(
+            fl.STORAGE,
+            f"record trial {trial.number} of {runner.spec.name} ({state.name})",
+            _recorder(
+                runner,
+                trial,
+                attrs if rt.start_recorded else {**rt.start_attrs, **attrs},
+                state,
+                value,
+                rt.curve,
+            ),
+            result=True,
         )
         # bookkeeping: finished points, retries
         if state == TrialState.COMPLETE:
@@ -1261,6 +1497,8 @@ class Controller:
         elif state == TrialState.PRUNED:
             runner.counts["pruned"] += 1
             runner.finished += 1
+        elif disk_fault and not self.stopping:
+            runner.pending.appendleft((rt.params, rt.attempt))  # same attempt: the disk failed, not the trial
         elif attrs.get(st.ATTR_INTERRUPTED):
             pass  # the next launch re-runs it (same parameters, same attempt number)
         else:
@@ -1277,6 +1515,81 @@ class Controller:
         self.display.trial_finished(
             runner.spec.name, trial.number, state.name, value, duration, reason, attrs[st.ATTR_EPOCHS]
         )
+        if not recorded and self.pause.blocking(fl.STORAGE):
+            where = f"in {rt.run_dir.result_json}" if written else "in memory only (the runs dir fails too)"
+            self.display.message(
+                f"[{runner.spec.name}] trial {trial.number}: its result waits for the storage, kept {where}"
+            )
+
+
+def _write_metrics(part: _Part) -> None:
+    """Append the metric lines a job reported and its run dir has not taken yet (a full disk keeps them)."""
+    if part.unwritten:
+        with open(part.run_dir.metrics_jsonl, "a", encoding="utf-8") as fh:
+            fh.write("".join(part.unwritten))
+        part.unwritten.clear()
+
+
+def _recorder(
+    runner: SweepRunner,
+    trial: Any,
+    attrs: dict[str, Any],
+    state: Any,
+    value: float | None,
+    curve: dict[int, float],
+) -> Any:
+    """The operation that records a finished trial in the storage; retried by the pause until it succeeds."""
+    import optuna
+    from optuna.trial import TrialState
+
+    tries = [0]
+
+    def record() -> None:
+        storage = runner.study._storage
+        stored = trial._cached_frozen_trial.intermediate_values
+        tries[0] += 1
+        if tries[0] > 1:  # a retry: the storage may have taken it before the connection dropped
+            frozen = storage.get_trial(trial._trial_id)
+            if frozen.state.is_finished():
+                runner.unrecorded.discard(trial._trial_id)
+                if frozen.state == state and (state != TrialState.COMPLETE or frozen.value == value):
+                    return  # ours
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"trial {trial.number} was finished by another controller ({frozen.state.name})"
+                )
+            stored = frozen.intermediate_values
+        for step in sorted(set(curve) - set(stored)):  # what it missed while paused
+            storage.set_trial_intermediate_value(trial._trial_id, step, curve[step])
+            trial._cached_frozen_trial.intermediate_values[step] = curve[step]
+        st.set_user_attrs(trial, attrs)
+        if state == TrialState.COMPLETE:
+            runner.study.tell(trial, value)
+        else:
+            runner.study.tell(trial, state=state)
+        runner.unrecorded.discard(trial._trial_id)
+        if runner.prune_view is not None:
+            with contextlib.suppress(Exception):  # the view refreshes from the storage anyway
+                runner.prune_view.add_finished(storage.get_trial(trial._trial_id))
+
+    return record
+
+
+def _never_ran(runner: SweepRunner, trial_id: int) -> Any:
+    """Mark a trial the storage half-made (it failed while the trial was asked for) as failed, not an attempt."""
+
+    def mark() -> None:
+        from optuna.trial import TrialState
+
+        storage = runner.study._storage
+        if storage.get_trial(trial_id).state.is_finished():
+            return
+        storage.set_trial_user_attr(trial_id, st.ATTR_INTERRUPTED, True)
+        storage.set_trial_user_attr(
+            trial_id, st.ATTR_REASON, "never ran: the storage failed while it was created"
+        )
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    return mark
 
 
 def _merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:

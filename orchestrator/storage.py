@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import RunError, UsageError
+from orchestrator.faults import mask_url
 
 DEFAULT_STORAGE = "sqlite:///runs/orchestrate.db"
 
@@ -36,6 +37,7 @@ ATTR_HOST = A + "host"
 ATTR_SUMMARY = A + "summary"
 ATTR_WANDB = A + "wandb_run"
 ATTR_NO_METRIC = A + "no_metric"
+ATTR_IMPORTED = A + "imported_from"  # the result.json a relaunch recorded the trial from (storage was down)
 ATTR_METRIC = A + "metric"  # study-level: {"name", "goal"}
 ATTR_SPEC = A + "spec"  # study-level: the sweep as described by --dry-run
 
@@ -46,6 +48,16 @@ def _ensure_sqlite_parent(url: str) -> None:
         path = url[len(prefix) :]
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _query(url: str) -> dict[str, Any]:
+    """The query parameters of a SQLAlchemy URL (``?timeout=5``)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return dict(make_url(url).query)
+    except Exception:
+        return {}
 
 
 def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
@@ -137,7 +149,10 @@ def get_storage(url: str | None = None) -> Any:
             return JournalStorage(JournalFileBackend(path))
         if url.startswith("sqlite"):
             _ensure_sqlite_parent(url)
-            storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            # SQLite's busy timeout: how long a write waits for another writer's lock before "database is
+            # locked" (then the controller pauses and retries, see faults.py); `?timeout=S` in the URL sets it
+            connect_args = {} if "timeout" in _query(url) else {"timeout": 60}
+            storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
             _tune_sqlite(storage)
             return storage
         if url.startswith(("postgresql", "mysql")):
@@ -146,17 +161,26 @@ def get_storage(url: str | None = None) -> Any:
             # two first launches on an empty database race to create Optuna's tables: the loser sees an
             # IntegrityError (pg_type) — the tables exist by then, so try again
             for attempt in range(5):
+                # a server that does not answer fails a connection in 10 s (not the OS's minutes), so the
+                # controller pauses instead of hanging; `?connect_timeout=S` in the URL sets it
+                connect = {} if "connect_timeout" in _query(url) else {"connect_timeout": 10}
+                kwargs = {
+                    "pool_pre_ping": True,
+                    **({"connect_args": connect} if url.startswith("postgres") else {}),
+                }
                 try:
-                    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
                 except Exception as exc:
                     if "IntegrityError" not in type(exc).__name__ + str(exc) or attempt == 4:
                         raise
                     time.sleep(0.2 * (attempt + 1))
     except PermissionError as exc:
-        raise RunError(f"storage {url}: {exc}", hint="check that the runs directory is writable") from exc
+        raise RunError(
+            f"storage {mask_url(url)}: {exc}", hint="check that the runs directory is writable"
+        ) from exc
     except Exception as exc:  # sqlalchemy OperationalError etc.: report, don't dump a traceback
         raise RunError(
-            f"storage {url} cannot be opened: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            f"storage {mask_url(url)} cannot be opened: {type(exc).__name__}: {str(exc).splitlines()[0]}",
             hint="check the URL (e.g. sqlite:///runs/orchestrate.db or postgresql://user@host:5432/db) and that the server is up",
         ) from exc
     raise UsageError(

@@ -22,7 +22,11 @@ class LocalExecutor(Executor):
     def submit(self, job: Job, env: dict[str, str], cwd: Path) -> None:
         job.run_dir.create()
         stdout_log = open(job.run_dir.stdout_log, "ab")  # noqa: SIM115 - owned by the reader thread
-        stderr_log = open(job.run_dir.stderr_log, "ab")  # noqa: SIM115
+        try:
+            stderr_log = open(job.run_dir.stderr_log, "ab")  # noqa: SIM115
+        except OSError:  # an unwritable run dir: nothing started, the controller pauses
+            stdout_log.close()
+            raise
         try:
             argv, preexec = _dies_with_parent(job.argv, env, cwd)
             proc = subprocess.Popen(
@@ -52,13 +56,17 @@ class LocalExecutor(Executor):
 
     def _pump(self, job: Job, proc: subprocess.Popen[bytes], log: object) -> None:
         assert proc.stdout is not None
-        with log:  # type: ignore[attr-defined]
-            for raw in iter(proc.stdout.readline, b""):
+        for raw in iter(proc.stdout.readline, b""):
+            # a full disk loses log lines, never the events (nor the exit the controller waits for)
+            with contextlib.suppress(OSError):
                 log.write(raw)  # type: ignore[attr-defined]
-                event = protocol.parse_line(raw.decode("utf-8", "replace"))
-                if event is not None:
+            event = protocol.parse_line(raw.decode("utf-8", "replace"))
+            if event is not None:
+                with contextlib.suppress(OSError):
                     log.flush()  # type: ignore[attr-defined]
-                    self.events.put(("event", job, event))
+                self.events.put(("event", job, event))
+        with contextlib.suppress(OSError):
+            log.close()  # type: ignore[attr-defined]
         proc.stdout.close()
         rc = proc.wait()
         job.ended = time.time()

@@ -259,9 +259,11 @@ class SSHExecutor(Executor):
                         remote_exit = int(event["remote_exit"])
                         files = int(event.get("remote_files", -1))
                     continue
-                log.write(raw)
+                with contextlib.suppress(OSError):  # a full disk loses log lines, never the events
+                    log.write(raw)
                 if event is not None:
-                    log.flush()
+                    with contextlib.suppress(OSError):
+                        log.flush()
                     if event.get("event") == protocol.EVENT_CHECKPOINT:
                         syncer.request(event)  # copied back in the background (coalesced)
                     self.events.put(("event", job, event))

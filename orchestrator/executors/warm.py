@@ -95,10 +95,11 @@ class WarmExecutor(Executor):
             "cwd": str(cwd),
             "stderr": str(job.run_dir.stderr_log),
         }
+        log = open(job.run_dir.stdout_log, "ab")  # noqa: SIM115 - closed when the trial ends
         with worker.lock:
             worker.job = job
             worker.child_pid = None
-            worker.log = open(job.run_dir.stdout_log, "ab")  # noqa: SIM115 - closed when the trial ends
+            worker.log = log
         job.handle = worker
         job.started = time.time()
         assert worker.proc.stdin is not None
@@ -157,12 +158,14 @@ class WarmExecutor(Executor):
                 continue
             with worker.lock:
                 job, log = worker.job, worker.log
-            if log is not None:
-                log.write(raw)
+            if log is not None:  # a full disk loses log lines, never the events
+                with contextlib.suppress(OSError):
+                    log.write(raw)
             event = protocol.parse_line(line)
             if event is not None and job is not None:
                 if log is not None:
-                    log.flush()
+                    with contextlib.suppress(OSError):
+                        log.flush()
                 self.events.put(("event", job, event))
         worker.proc.wait()
         if worker.job is not None:  # the worker died under a trial
@@ -173,7 +176,8 @@ class WarmExecutor(Executor):
             job, log = worker.job, worker.log
             worker.job, worker.log, worker.child_pid = None, None, None
         if log is not None:
-            log.close()
+            with contextlib.suppress(OSError):
+                log.close()
         if job is not None:
             job.ended = time.time()
             self.events.put(("exit", job, rc))

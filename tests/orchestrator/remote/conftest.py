@@ -205,9 +205,51 @@ def _pg_bin() -> Path | None:
     return versions[-1].parent if versions else None
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A real PostgreSQL server on 127.0.0.1 (trust auth, temp dir); yields a factory of fresh databases."""
+class PostgresServer:
+    """A real PostgreSQL server on 127.0.0.1 from ``initdb`` in a temp dir (trust auth), which a test may stop
+    and start again (a database going away mid-sweep). ``url(name)`` creates a database and gives its URL."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.base = Path(tempfile.mkdtemp(prefix="orch-pg-", dir="/tmp"))
+        self.data = self.base / "data"
+        self.port = free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            shutil.chown(self.base, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run(
+            str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
+
+    def _run(self, *cmd: str) -> None:
+        subprocess.run([*self.as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"), "-o",
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} -c fsync=off -c max_connections=200",
+            "-w", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: clients are disconnected, as when an admin restarts the server; ``immediate``: a crash."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def url(self, name: str) -> str:
+        self._run(
+            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name
+        )
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def postgres_server() -> PostgresServer:
+    """A started server, or a skip (with the reason) when PostgreSQL or psycopg2 is not installed."""
     bindir = _pg_bin()
     if bindir is None:
         pytest.skip("postgresql not installed (.ci/setup installs it)")
@@ -215,33 +257,20 @@ def postgres_url():
         import psycopg2  # noqa: F401
     except ImportError:
         pytest.skip("psycopg2 not installed")
-    base = Path(tempfile.mkdtemp(prefix="orch-pg-", dir="/tmp"))
-    data = base / "data"
-    port = free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(base, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    run(
-        str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"), "-o",
-        f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off -c max_connections=200",
-        "-w", "start",
-    )  # fmt: skip
-    created = []
-
-    def new_db(name: str) -> str:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name)
-        created.append(name)
-        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
-
+    server = PostgresServer(bindir)
     try:
-        yield new_db
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1 (trust auth, temp dir); yields a factory of fresh databases."""
+    server = postgres_server()
+    try:
+        yield server.url
     finally:
-        with contextlib.suppress(Exception):
-            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        server.close()

@@ -17,6 +17,11 @@ A controller on another host is dead when
 
 A controller that was not able to beat for longer than a lease itself (a laptop lid closed, the database
 unreachable) may have been judged dead meanwhile: ``lapsed`` says so (its trials may have been taken over).
+
+An outage of the database silences every controller at once. So a controller whose own heartbeat failed judges
+no one dead by heartbeat age until it has beaten again for a whole lease (the others' lease): by then every
+live controller has refreshed its row, and only the really dead look stale. Without this, a PostgreSQL restart
+longer than the lease would make the controllers take over each other's trials.
 The lease is ``defaults.lease`` in the sweep file or ``launch --lease SECONDS`` (default 30 s).
 """
 
@@ -98,6 +103,8 @@ class Leases:
         self._thread: threading.Thread | None = None
         self._snapshot: tuple[float, float, dict[str, Any]] | None = None  # (monotonic, db now, rows)
         self._claim_ages: dict[str, float | None] = {}
+        self._down = False  # our last heartbeat failed
+        self._back_at: float | None = None  # monotonic time our heartbeats worked again after failing
 
     # ----- our own heartbeat -----
     def beat(self) -> None:
@@ -143,9 +150,30 @@ class Leases:
 
     def _run(self) -> None:
         while not self._stop.wait(beat_interval(self.lease_s)):
-            # a failed beat (database unreachable) is retried at the next interval; others judge the silence
-            with contextlib.suppress(Exception):
-                self.beat()
+            self.heartbeat_once()
+
+    def heartbeat_once(self) -> bool:
+        """One beat from the thread: a failure (database unreachable) is retried at the next interval, and
+        noted, so this controller does not judge others by the silence the outage caused (see the module)."""
+        try:
+            self.beat()
+        except Exception:  # noqa: BLE001 - whatever the driver raises; the next beat retries
+            self._down = True
+            return False
+        if self._down:
+            self._down = False
+            self._back_at = time.monotonic()
+        return True
+
+    def _recovering(self, lease_s: float) -> float | None:
+        """Seconds since our own heartbeats came back after failing, while that is under ``lease_s`` (or 0.0
+        while they still fail); None when an outage cannot explain another controller's silence."""
+        if self._down:
+            return 0.0
+        if self._back_at is None:
+            return None
+        since = time.monotonic() - self._back_at
+        return since if since < lease_s else None
 
     def stop(self, wait_s: float = 5.0) -> None:
         """Stop the thread and mark the row finished: others may take over our claims at once.
@@ -224,6 +252,15 @@ class Leases:
             if row.finished_at is not None:
                 return Verdict(False, age, f"finished {now - float(row.finished_at):.0f} s ago")
             lease = float(row.lease_s)
+            if age > lease:
+                since = self._recovering(lease)
+                if since is not None:  # our own database connection was down: everyone looks silent
+                    return Verdict(
+                        True,
+                        age,
+                        f"last seen {age:.0f} s ago, but this controller's own heartbeats failed until "
+                        f"{since:.0f} s ago: judged after a lease ({lease:g} s) of working heartbeats",
+                    )
             return Verdict(age <= lease, age, f"last seen {age:.0f} s ago (lease {lease:g} s)")
         if claim_age is None:
             claim_age = self._newest_claim_age(owner, now)

@@ -149,9 +149,9 @@ def get_storage(url: str | None = None) -> Any:
             return JournalStorage(JournalFileBackend(path))
         if url.startswith("sqlite"):
             _ensure_sqlite_parent(url)
-            # SQLite's busy timeout: how long a write waits for another writer's lock before "database is
+            # SQLite's busy timeout (10 s): how long a write waits for another writer's lock before "database is
             # locked" (then the controller pauses and retries, see faults.py); `?timeout=S` in the URL sets it
-            connect_args = {} if "timeout" in _query(url) else {"timeout": 60}
+            connect_args = {} if "timeout" in _query(url) else {"timeout": 10}
             storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
             _tune_sqlite(storage)
             return storage

@@ -50,7 +50,7 @@ from orchestrator import datasync, protocol
 from orchestrator import hosts as hs
 from orchestrator.errors import RunError
 from orchestrator.executors._base import Executor, Job
-from orchestrator.executors.local import LocalExecutor, _die_with_parent
+from orchestrator.executors.local import LocalExecutor, _dies_with_parent
 from orchestrator.rundir import CONTROLLER_FILES
 from orchestrator.spec.model import HostSpec
 
@@ -201,13 +201,17 @@ class SSHExecutor(Executor):
             syncer = _CheckpointSync(self, job, host, skip, seen or {})
             command = hs.in_workdir(host, [*hs.python_argv(host), "-u", "-m", "orchestrator.remote"])
             try:
+                # setpriv --pdeathsig where it exists: no fork of the whole controller per trial start
+                argv, preexec = _dies_with_parent(
+                    hs.ssh_argv(host, self.ctl, command), dict(os.environ), Path.cwd()
+                )
                 proc = subprocess.Popen(
-                    hs.ssh_argv(host, self.ctl, command),
+                    argv,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=stderr_log,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=preexec,
                 )
             except OSError as exc:
                 stderr_log.write(f"orchestrate: cannot run ssh: {exc}\n".encode())

@@ -57,8 +57,14 @@ def test_vs_alternatives_quick(tmp_path: Path) -> None:
     r = run_bench("vs_alternatives.py", tmp_path)
     assert r["benchmark"] == "vs_alternatives"
     assert {"summary", "runners", "targets", "met"} <= set(r)
-    assert set(r["runners"]) == {"orchestrate", "optuna_threads", "optuna_processes", "ray_tune"}
-    for name in ("orchestrate", "optuna_threads", "optuna_processes"):
+    assert set(r["runners"]) == {
+        "orchestrate",
+        "optuna_threads",
+        "optuna_threads_sqlite",
+        "optuna_processes",
+        "ray_tune",
+    }
+    for name in ("orchestrate", "optuna_threads", "optuna_threads_sqlite", "optuna_processes"):
         assert {"whole_s", "steady", "whole", "median_gap_s", "accounting"} <= set(r["runners"][name])
         assert r["runners"][name]["accounting"]["runs"] >= 1
     assert r["runners"]["orchestrate"]["accounting"]["exact"] is True

@@ -219,3 +219,32 @@ def test_launch_takes_over_a_dead_remote_controllers_trial_at_start(tmp_path: Pa
         ).scalar_one()
     assert REMOTE not in owners and len(owners) == 1
     assert finished is not None  # the launch marked its heartbeat row finished when it exited
+
+
+def test_after_our_own_database_outage_no_one_is_judged_dead_for_a_lease(tmp_path: Path) -> None:
+    """A database outage silences every controller at once: the judge whose own heartbeat failed waits a
+    whole lease of working heartbeats before calling anyone dead, so controllers don't take over each other."""
+    import sqlite3
+
+    path = tmp_path / "study.db"
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1})
+    judge = Leases(engine, "machine-a:1:1", lease_s=30)
+    judge.beat()
+    Leases(engine, REMOTE, lease_s=3).beat()
+    age_row(engine, REMOTE, 10)  # silent for longer than its lease, as the outage made it
+    locker = sqlite3.connect(path)
+    locker.execute("BEGIN EXCLUSIVE")  # the database is unreachable for us
+    assert judge.heartbeat_once() is False
+    locker.rollback()
+    locker.close()
+    assert judge.heartbeat_once() is True  # back
+    judge.forget()
+    v = judge.verdict(REMOTE)
+    assert v.alive and "heartbeats failed" in v.why
+    judge._back_at = (judge._back_at or 0.0) - 3.5  # a lease (the remote's 3 s) of working heartbeats later
+    judge.forget()
+    v = judge.verdict(REMOTE)
+    assert not v.alive and v.why.startswith("last seen")
+    # a judge that never had an outage calls the silent controller dead at once
+    fresh = Leases(engine, "machine-c:2:2", lease_s=30)
+    assert not fresh.verdict(REMOTE).alive

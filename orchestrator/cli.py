@@ -249,7 +249,7 @@ def _launch(
             f"interrupted: run `orchestrate launch {file}` again to resume (finished trials are kept)"
         )
         return 130
-    display.message(f"see `orchestrate leaderboard --storage {opts.storage}`")
+    display.message(f"see `orchestrate leaderboard --storage {mask_url(opts.storage)}`")
     return 0
 
 

@@ -48,6 +48,7 @@ from typing import Any
 
 from orchestrator import storage as st
 from orchestrator.errors import UsageError
+from orchestrator.faults import mask_url
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3, "WAITING": 4}
 SECONDARY = (
@@ -700,7 +701,7 @@ def build(
             missing = [s for s in sweep if s not in names]
             if missing:
                 raise UsageError(
-                    f"no sweep named {', '.join(map(repr, missing))} in {storage_url}",
+                    f"no sweep named {', '.join(map(repr, missing))} in {mask_url(storage_url)}",
                     hint="sweeps there: " + (", ".join(names) or "none yet — run `orchestrate launch` first"),
                 )
         studies = load(storage_url, sweep or None)

@@ -30,6 +30,7 @@ from typing import Any
 
 from orchestrator import leaderboard as lb
 from orchestrator import storage as st
+from orchestrator.faults import mask_url
 from orchestrator.rundir import safe_name
 
 PALETTE = [
@@ -739,15 +740,15 @@ def write_report(url: str, out: Path, sweeps: list[str] | None = None, top: int 
         missing = [s for s in sweeps if s not in names]
         if missing:
             raise UsageError(
-                f"no sweep named {', '.join(map(repr, missing))} in {url}",
+                f"no sweep named {', '.join(map(repr, missing))} in {mask_url(url)}",
                 hint="sweeps there: " + (", ".join(names) or "none yet"),
             )
     studies = lb.load(url, sweeps, curves=True)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     html_parts = []
-    md_parts = [f"# orchestrate report\n\nstorage `{url}`, generated {stamp}\n"]
-    data: dict[str, Any] = {"storage": url, "generated": stamp, "sweeps": {}}
+    md_parts = [f"# orchestrate report\n\nstorage `{mask_url(url)}`, generated {stamp}\n"]
+    data: dict[str, Any] = {"storage": mask_url(url), "generated": stamp, "sweeps": {}}
     toc = []
     for sd in studies:
         h, m, d = _section(url, sd, out, top)
@@ -761,7 +762,7 @@ def write_report(url: str, out: Path, sweeps: list[str] | None = None, top: int 
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>orchestrate report</title>'
         f"<style>{CSS}</style></head><body><h1>orchestrate report</h1>"
-        f"<p class='note'>storage <code>{_e(url)}</code>, generated {stamp}. Sweeps: {' · '.join(toc)}</p>"
+        f"<p class='note'>storage <code>{_e(mask_url(url))}</code>, generated {stamp}. Sweeps: {' · '.join(toc)}</p>"
         + "\n".join(html_parts)
         + "</body></html>\n"
     )

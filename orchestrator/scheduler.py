@@ -287,7 +287,7 @@ class SweepRunner:
             )
         except Exception as exc:
             raise RunError(
-                f"storage {opts.storage}: cannot create or load the study {spec.name!r}: {exc}"
+                f"storage {fl.mask_url(opts.storage)}: cannot create or load the study {spec.name!r}: {exc}"
             ) from exc
         if self.study.direction.name.lower() != direction:
             raise RunError(

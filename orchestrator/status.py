@@ -23,6 +23,7 @@ from typing import Any
 
 from orchestrator import leaderboard as lb
 from orchestrator import storage as st
+from orchestrator.faults import mask_url
 from orchestrator.rundir import RunDir
 
 
@@ -163,7 +164,7 @@ def collect(url: str, sweep: list[str] | None = None, runs_dir: Path | None = No
         missing = [s for s in sweep if s not in names]
         if missing:
             raise UsageError(
-                f"no sweep named {', '.join(map(repr, missing))} in {url}",
+                f"no sweep named {', '.join(map(repr, missing))} in {mask_url(url)}",
                 hint="sweeps there: " + (", ".join(names) or "none yet"),
             )
     now = time.time()

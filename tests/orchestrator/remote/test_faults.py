@@ -244,3 +244,33 @@ def test_a_silent_host_is_noticed_by_keepalives(tmp_path: Path, ssh_boxes) -> No
             ctl.kill()
     trials = load_trials(tmp_path, "faults")
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4  # no failure, no duplicate
+
+
+def test_a_storage_password_is_never_printed_or_written(tmp_path: Path, postgres_url) -> None:
+    """The storage URL's password (trust auth ignores it here) is masked in launch's output, the leaderboard,
+    the report files and the run directory."""
+    url = postgres_url("secretive").replace("postgres@", "postgres:Sup3rSecret@")
+    spec = tmp_path / "sweeps.yaml"
+    spec.write_text(
+        textwrap.dedent(
+            f"""\
+            defaults: {{slots: "cpu:1", wandb: disabled, retries: 0, storage: "{url}"}}
+            sweeps:
+              - name: masked
+                program: {CURVE}
+                method: grid
+                metric: {{name: score, goal: maximize}}
+                parameters: {{quality: {{values: [0.5]}}, epochs: {{value: 1}}}}
+            """
+        )
+    )
+    outputs = [run_cli(tmp_path, "launch", str(spec), "--plain", check=True)]
+    outputs.append(run_cli(tmp_path, "leaderboard", "--storage", url, "--sweep", "nope"))
+    outputs.append(
+        run_cli(tmp_path, "report", "--storage", url, "--out", str(tmp_path / "report"), check=True)
+    )
+    printed = "".join(p.stdout + p.stderr for p in outputs)
+    assert "Sup3rSecret" not in printed and "postgres:***@" in printed
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path != spec:  # the user's own sweep file holds it, nothing we write does
+            assert b"Sup3rSecret" not in path.read_bytes(), path

@@ -17,6 +17,11 @@ The decoded-image cache (``datasets/cache.py``) is keyed by the dataset's path o
 it is not copied: it is built once per host, in the host's shared cache, by the first trial there that needs it.
 A host that lists a folder in its inventory's ``data_roots`` has its own copy at that same path: nothing is
 sent there and the trial keeps the path.
+
+Weights files travel the same way: a trial's ``pretrained`` / ``init_checkpoint`` parameter naming a file on
+the controller (a local weights file, or the parent trial's ``checkpoint_best.pt`` of a two-stage sweep) is
+copied to ``<workdir>/.orchestrate/data/<name>-<hash>/<file>`` once per host, and every mention of its path in
+the trial's command line, environment and ``trial.json`` names the host's copy.
 """
 
 from __future__ import annotations
@@ -58,8 +63,29 @@ def _experiment_config() -> Any:
     return _experiments_config()
 
 
+WEIGHT_PARAMS = ("pretrained", "init_checkpoint")  # parameters that may name a weights file
+
+
+def weight_units(trial: dict[str, Any]) -> list[Unit]:
+    """The weights files on this machine a trial starts from (its ``pretrained`` / ``init_checkpoint``)."""
+    params = trial.get("params") or {}
+    found = []
+    for key in WEIGHT_PARAMS:
+        value = params.get(key)
+        if isinstance(value, str) and value.strip() and value.lower() not in ("true", "false"):
+            path = _local(value)
+            if path.is_file():
+                found.append(Unit(f"params.{key}", path))
+    return found
+
+
 def units(trial: dict[str, Any]) -> list[Unit]:
-    """The dataset folders a trial of a built-in experiment reads (none for a program, or synthetic data)."""
+    """What a trial reads from this machine: the dataset folders of a built-in experiment (none for a program,
+    or synthetic data), and the weights files it starts from."""
+    return _dataset_units(trial) + weight_units(trial)
+
+
+def _dataset_units(trial: dict[str, Any]) -> list[Unit]:
     if not trial.get("experiment"):
         return []
     params = trial.get("params") or {}
@@ -118,6 +144,10 @@ def manifest(src: Path) -> Manifest:
     """Digest of every file's relative path, size and modification time (no contents read)."""
     h = hashlib.sha256(b"orchestrate-data-v1\n")
     files = size = 0
+    if src.is_file():
+        st = src.stat()
+        h.update(f"{src.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        return Manifest(h.hexdigest()[:20], 1, st.st_size)
     for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
         dirnames.sort()
         for name in sorted(filenames):
@@ -139,8 +169,8 @@ def remap(trial: dict[str, Any], copies: dict[str, str]) -> dict[str, Any]:
     for field_name, value in copies.items():
         if field_name == "data_root":
             out["data_root"] = value
-        elif field_name == "params.data_root":
-            out.setdefault("params", {})["data_root"] = value
+        elif field_name.startswith("params."):
+            out.setdefault("params", {})[field_name[len("params.") :]] = value
     return out
 
 
@@ -172,7 +202,9 @@ class DataSync:
         """Make the host hold ``src`` (unless it already does); the note to log when a copy was made."""
         from orchestrator import hosts as hs
 
-        if not src.is_dir():
+        if src.is_file():
+            pass  # a weights file: copied into a folder of its own
+        elif not src.is_dir():
             raise RunError(
                 f"dataset folder {src} does not exist on this machine (the controller copies it to {host.name})",
                 hint="fix data_root in the sweep file, or list the host's own copy in its data_roots",
@@ -221,7 +253,7 @@ class DataSync:
             assert proc.stdin is not None
             try:  # symlinks followed: a dataset that is a farm of links arrives as files
                 with tarfile.open(fileobj=proc.stdin, mode="w|", dereference=True) as tar:
-                    tar.add(str(src), arcname=".")
+                    tar.add(str(src), arcname=src.name if src.is_file() else ".")
                 proc.stdin.close()
             except (BrokenPipeError, OSError):
                 pass
@@ -249,7 +281,7 @@ def sweep_units(sweeps: Sequence[Any]) -> list[Path]:
         for flat in points:
             trial = {"experiment": spec.experiment, "params": spec.parameters.nest(flat)}
             trial["data_root"] = getattr(spec, "data_root", None)
-            for unit in units(trial):
+            for unit in _dataset_units(trial):
                 if unit.src not in found:
                     found.append(unit.src)
     return found

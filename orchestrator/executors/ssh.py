@@ -114,7 +114,10 @@ class SSHExecutor(Executor):
         remote_rd = f"{token}/{self.remote_run_dir(job)}"
         local_rd = str(job.run_dir.path.resolve())
         cache = env.get("ORCHESTRATE_CACHE_DIR")
-        subs = [(local_rd, remote_rd), (str(job.run_dir.path), remote_rd)]
+        data = dict(data or {})
+        # weights files copied to the host (datasync): their paths first, the most specific
+        subs = [(k[len("path:") :], data.pop(k)) for k in sorted(data) if k.startswith("path:")]
+        subs += [(local_rd, remote_rd), (str(job.run_dir.path), remote_rd)]
         if cache:
             subs.append((cache, f"{token}/{hs.STATE_DIR}/cache"))
         subs.append((str(PROJECT_ROOT), token))
@@ -289,7 +292,11 @@ class SSHExecutor(Executor):
             if note:
                 log.write(f"orchestrate: {note}\n".encode())
                 log.flush()
-            copies[unit.field] = f"{hs.WORKDIR_TOKEN}/{datasync.copy_name(unit.src)}"
+            copy = f"{hs.WORKDIR_TOKEN}/{datasync.copy_name(unit.src)}"
+            if unit.src.is_file():  # a weights file: its path is replaced wherever the trial names it
+                copies[f"path:{unit.src}"] = f"{copy}/{unit.src.name}"
+            else:
+                copies[unit.field] = copy
         return copies
 
     def _listing(self, host: HostSpec, rel: str) -> dict[str, str] | None:

@@ -54,3 +54,25 @@ def test_the_manifest_changes_with_any_file_and_the_hosts_own_copy_is_kept(tmp_p
     assert datasync.manifest(root).digest != second.digest
     host = HostSpec(name="h", ssh="me@h", data_roots=(str(tmp_path),))
     assert datasync.host_has(host, root) and not datasync.host_has(HostSpec(name="h", ssh="me@h"), root)
+
+
+def test_weights_files_a_trial_starts_from_travel_too(tmp_path: Path) -> None:
+    weights = tmp_path / "imagenet_resnet50.pth"
+    weights.write_bytes(b"w" * 10)
+    trial = {
+        "experiment": "train",
+        "params": {"pretrained": str(weights), "dataset": "adience", "init_checkpoint": "missing.pt"},
+    }
+    (unit,) = datasync.weight_units(trial)  # a missing file, true/false and names are not files to copy
+    assert unit == datasync.Unit("params.pretrained", weights)
+    assert datasync.weight_units({"params": {"pretrained": "true"}}) == []
+    m = datasync.manifest(weights)
+    assert (m.files, m.bytes) == (1, 10)
+    weights.write_bytes(b"w" * 11)
+    assert datasync.manifest(weights).digest != m.digest
+    assert (
+        datasync.remap(trial, {"params.pretrained": "/box/copy/imagenet_resnet50.pth"})["params"][
+            "pretrained"
+        ]
+        == "/box/copy/imagenet_resnet50.pth"
+    )

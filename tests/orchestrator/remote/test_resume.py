@@ -358,3 +358,46 @@ def test_checkpoints_arriving_during_a_copy_are_coalesced_into_one_copy_of_the_n
     sync.close()
     assert len(copies) == 2 and copies[-1] == ("checkpoint_last.pt",)
     assert job.checkpoint_epoch == 4 and len(ex.sync_times) == 2
+
+
+def test_a_fine_tune_on_a_host_gets_its_parents_checkpoint_copied_there(tmp_path: Path, ssh_boxes) -> None:
+    """Two stages on an SSH box: each child's --init_checkpoint (a parent's checkpoint_best.pt on the
+    controller) is copied to the box once and the child's command names the box's copy, not the controller's
+    path (the stand-in boxes share this machine's disk, so the path alone would have worked by accident)."""
+    a, _ = ssh_boxes
+    spec = sweep_file(
+        tmp_path,
+        hosts_block(a.host_yaml(slots=2)),
+        """\
+        sweeps:
+          - name: pretrain
+            program: @CURVE@
+            method: grid
+            metric: {name: score, goal: maximize}
+            parameters: {quality: {values: [0.5, 0.7, 0.6]}, epochs: {value: 2}}
+          - name: finetune
+            program: @CURVE@
+            method: grid
+            depends_on: pretrain
+            init_from: {top: 2}
+            metric: {name: score, goal: maximize}
+            parameters: {epochs: {values: [2, 3]}}
+        """,
+        defaults="  slots: hosts\n",
+    )
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    parents = sorted(load_trials(tmp_path, "pretrain"), key=lambda t: -t.value)
+    children = load_trials(tmp_path, "finetune")
+    assert len(children) == 4 and all(t.state.name == "COMPLETE" for t in children)
+    assert max(c.value for c in children) > parents[0].value  # they read the parents' checkpoints
+    log = (a.workdir / ".orchestrate" / "data" / "sync.log").read_text()
+    for parent in parents[:2]:
+        ckpt = str(Path(parent.user_attrs["orchestrate.run_dir"]) / "checkpoint_best.pt")
+        assert log.count(ckpt) == 1  # copied once for the two children that start from it
+    for child in children:
+        stdout = (Path(child.user_attrs["orchestrate.run_dir"]) / "stdout.log").read_text()
+        started = next(line for line in stdout.splitlines() if line.startswith("starting "))
+        used = json.loads(started[len("starting ") :])["init_checkpoint"]
+        assert used.startswith(str(a.workdir / ".orchestrate" / "data")), used  # the box's copy
+        assert used.endswith("/checkpoint_best.pt")

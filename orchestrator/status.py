@@ -64,7 +64,9 @@ def _point(rec: lb.TrialRec) -> str:
     return json.dumps(flat, sort_keys=True, default=str)
 
 
-def sweep_status(sd: lb.StudyData, runs_dir: Path | None = None, now: float | None = None) -> dict[str, Any]:
+def sweep_status(
+    sd: lb.StudyData, runs_dir: Path | None = None, now: float | None = None, leases: Any = None
+) -> dict[str, Any]:
     now = now if now is not None else time.time()
     rows = {r["trial"]: r for r in lb.trial_rows(sd, now=now)}
     counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
@@ -86,7 +88,7 @@ def sweep_status(sd: lb.StudyData, runs_dir: Path | None = None, now: float | No
         if rec.state != "RUNNING":
             continue
         owner = rec.attrs.get(st.ATTR_CONTROLLER)
-        alive = st.owner_alive(owner)
+        alive = st.owner_alive(owner, leases)  # another host's controller: by its heartbeat
         rd = _run_dir(rec, sd.name, runs_dir)
         tail = _tail_metrics(rd / "metrics.jsonl") if rd else None
         epoch: Any = None
@@ -168,11 +170,47 @@ def collect(url: str, sweep: list[str] | None = None, runs_dir: Path | None = No
                 hint="sweeps there: " + (", ".join(names) or "none yet"),
             )
     now = time.time()
+    leases, controllers = _controllers(url)
     return {
-        "storage": url,
+        "storage": mask_url(url),
         "time": now,
-        "sweeps": [sweep_status(sd, runs_dir, now) for sd in lb.load(url, sweep)],
+        "sweeps": [sweep_status(sd, runs_dir, now, leases) for sd in lb.load(url, sweep)],
+        "controllers": controllers,
     }
+
+
+def _controllers(url: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The heartbeats of the controllers sharing this storage (orchestrator/leases.py), read only; and the
+    judge that tells whether one on another host is alive. ``(None, [])`` when the storage has none."""
+    if not url.startswith(("sqlite", "postgresql", "mysql")):
+        return None, []
+    try:
+        import sqlalchemy as sa
+
+        from orchestrator.leases import TABLE, Leases
+
+        engine = sa.create_engine(url)
+        if not sa.inspect(engine).has_table(TABLE):
+            return None, []
+        judge = Leases(engine, f"{st.host_id()}:0:status")
+        _, rows = judge._rows()
+        out = []
+        for row in sorted(rows.values(), key=lambda r: -float(r.last_seen)):
+            verdict = judge.verdict(row.controller)
+            if row.finished_at is not None and not verdict.alive and (verdict.age_s or 0) > 3600:
+                continue  # finished more than an hour ago: history, not status
+            out.append(
+                {
+                    "controller": row.controller,
+                    "host": row.host,
+                    "alive": st.owner_alive(row.controller, judge) and row.finished_at is None,
+                    "why": verdict.why,
+                    "lease_s": float(row.lease_s),
+                }
+            )
+        return judge, out
+    except Exception:  # an older schema or a storage we cannot read this way: status without heartbeats
+        return None, []
 
 
 def _dur(s: float | None) -> str:
@@ -188,6 +226,9 @@ def render(report: dict[str, Any]) -> str:
     if not report["sweeps"]:
         return "no sweeps in this storage yet — run `orchestrate launch` first\n"
     out = []
+    for c in report.get("controllers") or []:
+        state = "running" if c["alive"] else "gone"
+        out.append(f"controller {c['controller']} ({c['host']}): {state}, {c['why']}")
     for s in report["sweeps"]:
         queued = "?" if s["queued"] is None else str(s["queued"])
         out.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -49,3 +50,34 @@ def test_status_eta_with_a_live_controller(tmp_path: Path) -> None:
     assert s["queued"] == 12 - 8 and s["controller_alive"] is True
     assert s["eta_s"] is not None and s["eta_s"] > 0
     assert s["eta_s"] == pytest.approx(s["mean_duration_s"] * (s["queued"] + 1) / 1, rel=1e-3)
+
+
+def test_status_judges_another_hosts_controller_by_its_heartbeat(tmp_path: Path) -> None:
+    """A trial owned by a controller on another machine: alive while its heartbeat is fresh, orphaned once it
+    is older than its lease; the controllers sharing the storage are listed."""
+    import optuna
+    import sqlalchemy as sa
+
+    from orchestrator import storage as st
+    from orchestrator.leases import TABLE, Leases
+
+    url = make_study(tmp_path, seeds=1, running=1)
+    study = optuna.load_study(study_name="arch", storage=url)
+    running = [t for t in study.get_trials() if t.state.name == "RUNNING"][0]
+    remote = "machine-b:4242:123456"
+    study._storage.set_trial_user_attr(running._trial_id, st.ATTR_CONTROLLER, remote)
+    engine = sa.create_engine(url)
+    Leases(engine, remote, lease_s=30).beat()
+    report = status.collect(url)
+    (s,) = report["sweeps"]
+    assert s["running_trials"][0]["controller_alive"] is True and s["orphaned"] == 0
+    (c,) = report["controllers"]
+    assert c["controller"] == remote and c["alive"] is True and c["why"].startswith("last seen")
+    with engine.begin() as conn:  # 100 s later by the database's clock: past its 30 s lease
+        conn.execute(sa.text(f"UPDATE {TABLE} SET last_seen = last_seen - 100"))
+    report = status.collect(url)
+    (s,) = report["sweeps"]
+    assert s["running_trials"][0]["controller_alive"] is False and s["orphaned"] == 1
+    assert report["controllers"][0]["alive"] is False
+    text = run_cli(tmp_path, "status", "--storage", url, check=True).stdout
+    assert re.search(rf"controller {remote} \(machine-b\): gone, last seen 1\d\d s ago \(lease 30 s\)", text)

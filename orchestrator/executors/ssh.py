@@ -105,18 +105,23 @@ class SSHExecutor(Executor):
         p = job.run_dir.path
         return f"{hs.STATE_DIR}/runs/{p.parent.name}/{p.name}"
 
-    def payload(self, job: Job, env: dict[str, str], data: dict[str, str] | None = None) -> dict[str, Any]:
+    def payload(
+        self,
+        job: Job,
+        env: dict[str, str],
+        data: dict[str, str] | None = None,
+        paths: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """What the remote launcher gets on stdin: argv, environment and files, with local paths mapped.
 
-        ``data``: trial.json fields that name a dataset folder → the host's copy (orchestrator/datasync.py)."""
+        ``data``: trial.json fields that name a dataset folder → the host's copy; ``paths``: weights files on
+        this machine → the host's copy, replaced wherever the trial names them (orchestrator/datasync.py)."""
         host = self.hosts[job.slot.host]
         token = hs.WORKDIR_TOKEN
         remote_rd = f"{token}/{self.remote_run_dir(job)}"
         local_rd = str(job.run_dir.path.resolve())
         cache = env.get("ORCHESTRATE_CACHE_DIR")
-        data = dict(data or {})
-        # weights files copied to the host (datasync): their paths first, the most specific
-        subs = [(k[len("path:") :], data.pop(k)) for k in sorted(data) if k.startswith("path:")]
+        subs = sorted((paths or {}).items())  # weights files first: the most specific paths
         subs += [(local_rd, remote_rd), (str(job.run_dir.path), remote_rd)]
         if cache:
             subs.append((cache, f"{token}/{hs.STATE_DIR}/cache"))
@@ -174,7 +179,7 @@ class SSHExecutor(Executor):
                 self._exit(job, 1)
                 return
             try:  # the datasets it reads: copied to this host once (then its trial.json names the copy)
-                data = self._datasets(job, host, stderr_log)
+                data, paths = self._datasets(job, host, stderr_log)
             except hs.HostUnreachable as exc:
                 self._lost(job, str(exc))
                 return
@@ -183,7 +188,7 @@ class SSHExecutor(Executor):
                 self._exit(job, 1)
                 return
             try:
-                body = self.payload(job, env, data)
+                body = self.payload(job, env, data, paths)
             except Exception as exc:  # a bug or unreadable run dir: fail the trial, not the controller
                 stderr_log.write(f"orchestrate: cannot prepare the remote job: {exc}\n".encode())
                 self._exit(job, 1)
@@ -278,13 +283,15 @@ class SSHExecutor(Executor):
         return remote_exit, files
 
     # ----- datasets, and the run directory both ways -----
-    def _datasets(self, job: Job, host: HostSpec, log: Any) -> dict[str, str]:
-        """Copy the dataset folders the trial reads to the host (once per host); trial.json fields → copies."""
+    def _datasets(self, job: Job, host: HostSpec, log: Any) -> tuple[dict[str, str], dict[str, str]]:
+        """Copy the dataset folders and weights files the trial reads to the host (once per host):
+        (trial.json fields → folder copies, weights file paths → file copies)."""
         try:
             trial = job.run_dir.read_trial()
         except (OSError, ValueError):
-            return {}
+            return {}, {}
         copies: dict[str, str] = {}
+        paths: dict[str, str] = {}
         for unit in datasync.units(trial):
             if datasync.host_has(host, unit.src):
                 continue  # the host's own copy, at the same path
@@ -294,10 +301,10 @@ class SSHExecutor(Executor):
                 log.flush()
             copy = f"{hs.WORKDIR_TOKEN}/{datasync.copy_name(unit.src)}"
             if unit.src.is_file():  # a weights file: its path is replaced wherever the trial names it
-                copies[f"path:{unit.src}"] = f"{copy}/{unit.src.name}"
+                paths[str(unit.src)] = f"{copy}/{unit.src.name}"
             else:
                 copies[unit.field] = copy
-        return copies
+        return copies, paths
 
     def _listing(self, host: HostSpec, rel: str) -> dict[str, str] | None:
         """``{path: "TYPE SIZE MTIME"}`` of the host's run directory (None: it does not exist; ``{".": ""}``:

@@ -222,7 +222,14 @@ def _launch(
         opts.slots += remote_slots
         opts.hosts, opts.executor = tuple(defaults.hosts), "routed"
     if not opts.slots:
-        raise UsageError("no slot to run trials on", hint="check the hosts (`orchestrate hosts check FILE`)")
+        if not getattr(defaults, "hosts", None):  # slots: hosts, and no host listed
+            raise UsageError(
+                f"{file}: slots: hosts, but the file lists no hosts: no slot to run trials on",
+                hint="add defaults.hosts (see README, 'Rented GPUs over SSH'), or use slots: auto / cpu:N",
+            )
+        raise UsageError(
+            "no slot to run trials on", hint=f"check the hosts (`orchestrate hosts check {file}`)"
+        )
     display = make_display(plain)
     display.message(
         f"launch {file}: {len(specs)} sweep(s) on {len(opts.slots)} slot(s) "

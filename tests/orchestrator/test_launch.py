@@ -238,6 +238,18 @@ def test_bad_specs_exit_2_with_file_and_line(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
 
 
+def test_slots_hosts_without_hosts_says_what_to_add(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "hosts.yaml",
+        "defaults: {slots: hosts}\nsweeps:\n  - name: a\n    program: x.py\n    method: grid\n"
+        "    parameters:\n      lr: {values: [1]}\n",
+    )
+    proc = run_cli(tmp_path, "launch", str(path), "--plain")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the file lists no hosts" in proc.stderr and "add defaults.hosts" in proc.stderr
+
+
 def test_dry_run_json_plan(tmp_path: Path) -> None:
     spec = write(tmp_path, "sweeps.yaml", GRID)
     proc = run_cli(tmp_path, "launch", str(spec), "--dry-run", "--format", "json", check=True)

@@ -666,6 +666,7 @@ class Controller:
         self.cache_dir = opts.cache_dir or Path(
             os.environ.get("ORCHESTRATE_CACHE_DIR", Path.home() / ".cache" / "orchestrate")
         )
+        self._warm_up()  # first: the zygote's imports overlap everything the controller does before a trial
         self.stopping = False
         self.outcome = Outcome(slots=len(opts.slots))
         self.runners: list[SweepRunner] = []
@@ -1119,9 +1120,8 @@ class Controller:
             spec, nested, program_path_root=Path.cwd(), args_json_file=run_dir.args_json, run_dir=run_dir.path
         )
 
-    def _env(
-        self, spec: Any, slot: Slot, run_dir: RunDir, number: int, wandb_id: str, fold: int | None = None
-    ) -> dict[str, str]:
+    def _process_env(self, spec: Any, slot: Slot) -> dict[str, str]:
+        """The environment every trial of ``spec`` on ``slot`` starts with (what a warm zygote needs too)."""
         env = dict(os.environ)
         env.update(slot.env())
         pythonpath = [str(PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
@@ -1129,19 +1129,50 @@ class Controller:
             {
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join(pythonpath),
-                "ORCHESTRATE_RUN_DIR": str(run_dir.path.resolve()),
                 "ORCHESTRATE_SWEEP": spec.name,
-                "ORCHESTRATE_TRIAL": str(number),
                 "ORCHESTRATE_CACHE_DIR": str(self.cache_dir),
             }
         )
+        if not spec.experiment:
+            # a user's W&B program: the bridge that turns its wandb.log calls into protocol reports
+            # (wandb_bridge/sitecustomize.py)
+            from orchestrator.wandb_bridge import BRIDGE_DIR, ENV_ENABLE, ENV_METRIC
+
+            env["PYTHONPATH"] = os.pathsep.join([str(BRIDGE_DIR), *pythonpath])
+            env[ENV_ENABLE] = "1"
+            env[ENV_METRIC] = spec.metric.name if spec.metric is not None else ""
+        return env
+
+    def _warm_up(self) -> None:
+        """Start the warm zygote the first local trials need now: its imports overlap opening the storage."""
+        warm_up = getattr(self.executor, "warm_up", None)
+        slot = next((s for s in self.opts.slots if s.host == "local"), None)
+        if warm_up is None or slot is None:
+            return
+        for spec in self.specs:
+            if spec.experiment:
+                argv = [sys.executable, "-u", "-m", f"experiments.{spec.experiment}"]
+            elif spec.command and str(spec.command[0]) == "${interpreter}":
+                argv = [sys.executable]
+                for word in spec.command[1:]:
+                    if str(word).startswith("${"):
+                        break
+                    argv.append(str(word))
+            else:
+                continue
+            warm_up(argv, self._process_env(spec, slot), PROJECT_ROOT if spec.experiment else Path.cwd())
+            return
+
+    def _env(
+        self, spec: Any, slot: Slot, run_dir: RunDir, number: int, wandb_id: str, fold: int | None = None
+    ) -> dict[str, str]:
+        env = self._process_env(spec, slot)
+        env.update({"ORCHESTRATE_RUN_DIR": str(run_dir.path.resolve()), "ORCHESTRATE_TRIAL": str(number)})
         tags = [f"sweep:{spec.name}", f"slot:{slot.id}"] + ([f"fold:{fold}"] if fold is not None else [])
         sweep_id: str | None = None
         param_path: Path | None = None
         if not spec.experiment:
-            # a user's W&B program: the environment a W&B agent gives (wandb_env.py), and the bridge that
-            # turns its wandb.log calls into protocol reports (wandb_bridge/sitecustomize.py)
-            from orchestrator.wandb_bridge import BRIDGE_DIR, ENV_ENABLE, ENV_METRIC
+            # a user's W&B program: the environment a W&B agent gives (wandb_env.py)
             from orchestrator.wandb_env import (
                 SWEEP_ID_ATTR,
                 new_sweep_id,
@@ -1160,9 +1191,6 @@ class Controller:
             sweep_id = ids[spec.name]
             param_path = sweep_param_path(run_dir.path.resolve(), sweep_id, wandb_id)
             write_sweep_params(param_path, run_dir.read_trial().get("params") or {})
-            env["PYTHONPATH"] = os.pathsep.join([str(BRIDGE_DIR), *pythonpath])
-            env[ENV_ENABLE] = "1"
-            env[ENV_METRIC] = spec.metric.name if spec.metric is not None else ""
         env.update(
             child_env(
                 mode=self.opts.wandb_mode,

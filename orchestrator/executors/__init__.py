@@ -17,7 +17,8 @@ def get_executor(
 ) -> Executor:
     """``local``; ``ssh`` (remote hosts only) or ``routed`` (local slots here, remote ones over ssh).
 
-    ``warm``: local trials of built-in experiments fork from a pre-imported worker per slot (warm.py).
+    ``warm``: local trials of ``python -m module`` commands fork from a pre-imported worker per slot (warm.py),
+    with ``routed`` too.
     """
     if name == "local" and not hosts:
         if warm:
@@ -28,5 +29,5 @@ def get_executor(
     if name in ("local", "routed", "ssh"):
         from orchestrator.executors.ssh import RoutingExecutor, SSHExecutor
 
-        return SSHExecutor(events, hosts) if name == "ssh" else RoutingExecutor(events, hosts)
+        return SSHExecutor(events, hosts) if name == "ssh" else RoutingExecutor(events, hosts, warm=warm)
     raise UsageError(f"unknown executor {name!r}", hint="use 'local', 'ssh' or 'routed'")

@@ -667,10 +667,21 @@ def _discard(staged: list[tuple[str, Path, Path]]) -> None:
 class RoutingExecutor(Executor):
     """Local slots to a LocalExecutor, remote ones (``slot.host != "local"``) to an SSHExecutor."""
 
-    def __init__(self, events: queue.Queue[tuple[str, Job, Any]], hosts: Sequence[HostSpec]) -> None:
+    def __init__(
+        self, events: queue.Queue[tuple[str, Job, Any]], hosts: Sequence[HostSpec], warm: bool = False
+    ) -> None:
         super().__init__(events)
-        self.local = LocalExecutor(events)
+        self.local: Executor = LocalExecutor(events)
+        if warm:
+            from orchestrator.executors.warm import WarmExecutor
+
+            self.local = WarmExecutor(events)
         self.remote = SSHExecutor(events, hosts)
+
+    def warm_up(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        warm_up = getattr(self.local, "warm_up", None)
+        if warm_up is not None:
+            warm_up(argv, env, cwd)
 
     def _for(self, job: Job) -> Executor:
         return self.local if job.slot.host == "local" else self.remote
@@ -692,3 +703,6 @@ class RoutingExecutor(Executor):
 
     def close(self) -> None:
         self.remote.close()
+        close = getattr(self.local, "close", None)
+        if close is not None:
+            close()

@@ -1145,9 +1145,8 @@ class Controller:
 
     def _warm_up(self) -> None:
         """Start the warm zygote the first local trials need now: its imports overlap opening the storage."""
-        warm_up = getattr(self.executor, "warm_up", None)
         slot = next((s for s in self.opts.slots if s.host == "local"), None)
-        if warm_up is None or slot is None:
+        if slot is None:
             return
         for spec in self.specs:
             if spec.experiment:
@@ -1160,7 +1159,10 @@ class Controller:
                     argv.append(str(word))
             else:
                 continue
-            warm_up(argv, self._process_env(spec, slot), PROJECT_ROOT if spec.experiment else Path.cwd())
+            cwd = PROJECT_ROOT if spec.experiment else Path.cwd()
+            # only a head start: the first trial's start meets (and reports) the same fault
+            with contextlib.suppress(Exception):
+                self.executor.warm_up(argv, self._process_env(spec, slot), cwd)
             return
 
     def _env(

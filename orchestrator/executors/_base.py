@@ -52,3 +52,6 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def stop(self, job: Job, grace: float = 10.0) -> None:
         """Ask the job to stop (SIGTERM), and kill it (SIGKILL) after ``grace`` seconds."""
+
+    def warm_up(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:  # noqa: B027 - optional hook
+        """Get ready for jobs like ``argv`` (a prefix of one) with ``env`` in ``cwd``, without waiting (optional)."""

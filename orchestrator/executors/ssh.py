@@ -679,9 +679,7 @@ class RoutingExecutor(Executor):
         self.remote = SSHExecutor(events, hosts)
 
     def warm_up(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
-        warm_up = getattr(self.local, "warm_up", None)
-        if warm_up is not None:
-            warm_up(argv, env, cwd)
+        self.local.warm_up(argv, env, cwd)
 
     def _for(self, job: Job) -> Executor:
         return self.local if job.slot.host == "local" else self.remote

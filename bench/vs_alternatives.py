@@ -15,6 +15,8 @@ trial appends its own clock, so every runner is measured the same way:
 * ``optuna_processes``: ``slots`` processes sharing one SQLite study with the N points enqueued
   (``enqueue_trial``), each running ``study.optimize(objective, n_trials=N/slots)``
   (``bench/programs/optuna_shared.py``) — duplicated and missing points counted;
+* ``optuna_processes_journal``: the same with Optuna's ``JournalStorage`` on one file (``JournalFileBackend``,
+  the storage Optuna recommends for several processes without a database server);
 * ``ray_tune``: Ray Tune when ``import ray`` works (never installed here; reported "not installed" otherwise);
 * ``orchestrate``: the real ``orchestrate launch`` (a grid sweep, ``program:``), as in ``bench/utilisation.py``.
 
@@ -89,16 +91,21 @@ def run_optuna_threads_sqlite(workdir: Path, n: int, slots: int, duration: float
     return fixed_result(read_clocks(clock), n, slots, wall)
 
 
-def run_optuna_processes(workdir: Path, n: int, slots: int, duration: float) -> dict[str, Any]:
+def run_optuna_processes(
+    workdir: Path, n: int, slots: int, duration: float, storage: str = "sqlite"
+) -> dict[str, Any]:
     fresh_dir(workdir)
     clock = workdir / "clock.jsonl"
-    env = child_env(workdir, BENCH_CLOCK_FILE=str(clock), BENCH_RUNNER="optuna_processes")
-    url = f"sqlite:///{workdir / 'db'}"
+    env = child_env(workdir, BENCH_CLOCK_FILE=str(clock), BENCH_RUNNER=f"optuna_processes_{storage}")
+    url = f"sqlite:///{workdir / 'db'}" if storage == "sqlite" else f"journal://{workdir / 'journal.log'}"
     t0 = time.time()
     import optuna
 
+    sys.path.insert(0, str(PROGRAMS))
+    from optuna_shared import open_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="shared", storage=url, direction="maximize")
+    study = optuna.create_study(study_name="shared", storage=open_storage(url), direction="maximize")
     for p in range(n):
         study.enqueue_trial({"point": p})
     per = -(-n // slots)
@@ -190,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
             base / "optuna_threads_sqlite", n, slots, d
         )
         runners["optuna_processes"] = run_optuna_processes(base / "optuna_processes", n, slots, d)
+        runners["optuna_processes_journal"] = run_optuna_processes(
+            base / "optuna_processes_journal", n, slots, d, storage="journal"
+        )
         runners["ray_tune"] = run_ray(base / "ray", n, slots, d)
         for name, r in runners.items():
             print(f"{name}:", r, flush=True)

@@ -62,9 +62,16 @@ def test_vs_alternatives_quick(tmp_path: Path) -> None:
         "optuna_threads",
         "optuna_threads_sqlite",
         "optuna_processes",
+        "optuna_processes_journal",
         "ray_tune",
     }
-    for name in ("orchestrate", "optuna_threads", "optuna_threads_sqlite", "optuna_processes"):
+    for name in (
+        "orchestrate",
+        "optuna_threads",
+        "optuna_threads_sqlite",
+        "optuna_processes",
+        "optuna_processes_journal",
+    ):
         assert {"whole_s", "steady", "whole", "median_gap_s", "accounting"} <= set(r["runners"][name])
         assert r["runners"][name]["accounting"]["runs"] >= 1
     assert r["runners"]["orchestrate"]["accounting"]["exact"] is True

@@ -20,6 +20,7 @@ from orchestrator.executors._base import Job
 from orchestrator.executors.warm import WarmExecutor
 from orchestrator.rundir import RunDir
 from orchestrator.slots import Slot
+from tests.orchestrator.executors.test_local import _alive
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="fork servers and PDEATHSIG: Linux"
@@ -242,12 +243,3 @@ def _wait_until(cond: Any) -> None:
         if cond():
             return
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

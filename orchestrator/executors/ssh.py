@@ -83,9 +83,14 @@ BACKOFF_MAX = 60.0
 
 
 class SSHExecutor(Executor):
-    def __init__(self, events: queue.Queue[tuple[str, Job, Any]], hosts: Sequence[HostSpec]) -> None:
+    def __init__(
+        self, events: queue.Queue[tuple[str, Job, Any]], hosts: Sequence[HostSpec], warm: bool = True
+    ) -> None:
         super().__init__(events)
         self.hosts = {h.name: h for h in hosts}
+        self.warm = (
+            warm  # False (``--workers fresh``): no zygote daemon on the hosts (orchestrator/remote.py)
+        )
         self.ctl = hs.control_dir()
         self.sync = hs.CodeSync(PROJECT_ROOT)
         self.data = datasync.DataSync()
@@ -154,7 +159,14 @@ class SSHExecutor(Executor):
                     if f.name == job.run_dir.trial_json.name and data:
                         text = json.dumps(datasync.remap(json.loads(text), data), indent=2)
                     files[f.name] = mapped(text)
-        return {"argv": argv, "env": renv, "run_dir": remote_rd, "files": files, "grace": 10}
+        return {
+            "argv": argv,
+            "env": renv,
+            "run_dir": remote_rd,
+            "files": files,
+            "grace": 10,
+            "warm": self.warm,
+        }
 
     def _run(self, job: Job, env: dict[str, str]) -> None:
         try:
@@ -676,7 +688,7 @@ class RoutingExecutor(Executor):
             from orchestrator.executors.warm import WarmExecutor
 
             self.local = WarmExecutor(events)
-        self.remote = SSHExecutor(events, hosts)
+        self.remote = SSHExecutor(events, hosts, warm=warm)
 
     def warm_up(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
         self.local.warm_up(argv, env, cwd)

@@ -34,11 +34,13 @@ it one) and runs its own trial fresh rather than wait for the imports. Later lau
 (module, args, environment, directory) with three descriptors: the session's stdout and stderr, and the read end
 of a **lifeline** pipe whose write end only the launcher holds. The daemon forks the trial (its own session,
 those descriptors, the environment and directory applied, the module run as ``__main__``), answers
-``{"pid": P}`` and, once it reaped it, ``{"rc": RC}``. The trial watches its lifeline: when the launcher is gone
+``{"pid": P}`` and, once it reaped it, ``{"rc": RC}``. The daemon's own environment is the box's plus those
+start-up variables: no trial's secrets live on in it. The trial watches its lifeline: when the launcher is gone
 (even SIGKILLed, or its box's sshd killed) it stops its own process group (SIGTERM, grace, SIGKILL). Stops,
 ``remote.pid`` and ``--kill`` work as for a fresh trial: its pid is its process group. A daemon with no trial
 and no connection for ``ORCHESTRATE_ZYGOTE_IDLE_S`` seconds (600), or whose socket was removed, or sent SIGTERM,
-removes its socket and exits once its trials ended.
+or whose code was replaced by a newer sync (``.orchestrate/code_version``), removes its socket and exits once
+its trials ended.
 
 Standard library only (plus orchestrator.protocol): this runs on boxes before anything else is checked.
 """
@@ -79,6 +81,7 @@ ZYGOTE_ENV = (
 )
 ZYGOTE_SETTINGS = ("ORCHESTRATE_PRELOAD", "ORCHESTRATE_ZYGOTE_IDLE_S")
 ZYGOTE_DIR = ".orchestrate/zygote"
+CODE_VERSION = ".orchestrate/code_version"  # written by the controller's code sync (orchestrator/hosts.py)
 IDLE_S = 600.0
 MAX_MESSAGE = 4 << 20
 SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path is 108 with the terminating NUL)
@@ -209,7 +212,8 @@ def _warm_module(argv: list[str]) -> tuple[str, list[str]] | None:
 
 def _zygote_place(env: dict[str, str], cwd: str) -> tuple[Path, str] | None:
     """The private directory of the daemon for this start-up environment, and its name (None: no usable one)."""
-    key = [os.path.realpath(sys.executable), cwd, *(env.get(k) for k in ZYGOTE_ENV + ZYGOTE_SETTINGS)]
+    key: list[str | None] = [os.path.realpath(sys.executable), cwd, _code_version(cwd)]
+    key += [env.get(k) for k in ZYGOTE_ENV + ZYGOTE_SETTINGS]
     name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     folder = Path(cwd) / ZYGOTE_DIR
     if len(os.fsencode(str(folder / f"{name}.sock"))) > SUN_PATH_MAX:
@@ -225,6 +229,15 @@ def _zygote_place(env: dict[str, str], cwd: str) -> tuple[Path, str] | None:
     except OSError:
         return None
     return folder, name
+
+
+def _code_version(cwd: str) -> str:
+    """The version of the code synced here: a daemon never serves modules it imported from an older one."""
+    try:
+        with open(os.path.join(cwd, CODE_VERSION), encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 def _daemon_env(env: dict[str, str]) -> dict[str, str]:
@@ -377,6 +390,7 @@ class _Daemon:
     def __init__(self, path: Path, idle: float, lock: int) -> None:
         self.path = path
         self.lock = lock  # held for the daemon's life (never by its trials: a new daemon may follow it)
+        self.version = _code_version(os.getcwd())
         self.idle = idle
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a dead daemon's (we hold the lock)
@@ -422,6 +436,10 @@ class _Daemon:
                 self._stop_listening()
 
     def _ours(self) -> bool:
+        """Its socket is still there, and the code it imported is still the code here."""
+        return self._socket_ours() and _code_version(os.getcwd()) == self.version
+
+    def _socket_ours(self) -> bool:
         try:
             return os.stat(self.path).st_ino == self.inode
         except OSError:
@@ -445,7 +463,7 @@ class _Daemon:
     def _stop_listening(self) -> None:
         """No new trials: the socket goes (if still ours), connections already made are still served."""
         assert self.server is not None
-        if self._ours():
+        if self._socket_ours():
             with contextlib.suppress(OSError):
                 self.path.unlink()
         self._accept()

@@ -240,6 +240,19 @@ def test_an_idle_daemon_leaves_and_the_next_trial_starts_another(tmp_path: Path,
         box.clear()
 
 
+def test_a_daemon_leaves_when_newer_code_is_synced(box: Box) -> None:
+    box.run(box.submit(1))
+    _wait(lambda: box.sockets(), "the daemon listens")
+    marker = box.box.workdir / ".orchestrate" / "code_version"
+    version = marker.read_text()
+    try:
+        marker.write_text(version + "-newer")  # what the next launch's code sync does
+        _wait(lambda: not _daemons(box.folder), "the daemon with the older code exits")
+        assert not box.sockets()
+    finally:
+        marker.write_text(version)
+
+
 def test_workers_fresh_never_starts_a_daemon(tmp_path: Path, ssh_boxes) -> None:
     box = Box(tmp_path, ssh_boxes[0], warm=False)
     box.clear()

@@ -4,7 +4,9 @@ One trial is one ``ssh HOST -- cd WORKDIR && exec PYTHON -u -m orchestrator.remo
 multiplexed connection (orchestrator/hosts.py has the options). The job (argv, environment, small run-directory
 files) goes down the session's stdin as one JSON line — secrets never appear on a command line or in a file —
 and the trial's stdout comes back on the session's stdout: the same protocol lines as a local child, so the
-controller stays the only writer of the study. Its stderr streams into the local ``stderr.log``.
+controller stays the only writer of the study. Its stderr streams into the local ``stderr.log``. A ``python -m``
+trial is forked there by the host's zygote daemon, which imported torch & co. once (orchestrator/remote.py);
+``--workers fresh`` (``warm=False``) starts each one as a new process.
 
 Exit semantics: the launcher reports the trial's own exit code (``remote_exit``) before it ends. If ssh ends
 without that report — exit 255, a dropped connection, a dead box — the host is lost: the job is marked

@@ -265,6 +265,26 @@ def test_workers_fresh_never_starts_a_daemon(tmp_path: Path, ssh_boxes) -> None:
         box.close()
 
 
+def test_launchers_starting_at_once_start_one_daemon(tmp_path: Path) -> None:
+    root = str(Path(__file__).resolve().parents[3])  # this checkout's orchestrator, as a trial's PYTHONPATH
+    env = {"ORCHESTRATE_PRELOAD": "json", "ORCHESTRATE_ZYGOTE_IDLE_S": "300", "PYTHONPATH": root}
+    place = remote._zygote_place(env, str(tmp_path))
+    assert place is not None
+    folder, name = place
+    try:
+        for _ in range(3):  # three launchers find no daemon before the first one listens
+            assert remote._connect(folder, name, env, str(tmp_path)) is None
+        _wait(lambda: (folder / f"{name}.sock").exists(), "a daemon listens")
+        _wait(lambda: len(_daemons(folder)) == 1, "the others saw its lock and left")
+        conn = remote._connect(folder, name, env, str(tmp_path))
+        assert conn is not None
+        conn.close()
+    finally:
+        for sock in folder.glob("*.sock"):
+            sock.unlink()
+        _wait(lambda: not _daemons(folder), "the daemon leaves once its socket is gone")
+
+
 def test_the_zygote_key_is_warm_workers_and_long_paths_get_a_private_tmp_folder(tmp_path: Path) -> None:
     from orchestrator.executors import warm
 

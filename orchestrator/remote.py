@@ -329,7 +329,7 @@ class WarmTrial:
                 with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
                     rc = int(json.loads(message)["rc"])
             if rc is None:  # the daemon died under it: the trial may go on (its exit status is lost)
-                while _start_ticks(self.pid) == self.ticks:
+                while self.ticks != "?" and _start_ticks(self.pid) == self.ticks:
                     time.sleep(0.2)
                 rc = -signal.SIGKILL
             self.returncode = rc

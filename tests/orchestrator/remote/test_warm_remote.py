@@ -272,13 +272,17 @@ def test_launchers_starting_at_once_start_one_daemon(tmp_path: Path) -> None:
     assert place is not None
     folder, name = place
     try:
-        for _ in range(3):  # three launchers find no daemon before the first one listens
-            assert remote._connect(folder, name, env, str(tmp_path)) is None
-        _wait(lambda: (folder / f"{name}.sock").exists(), "a daemon listens")
+        for _ in range(3):  # three launchers found no daemon, and each starts one
+            remote._spawn_daemon(folder, name, env, str(tmp_path))
+        conns: list[Any] = []
+
+        def answers() -> bool:
+            conns.append(remote._connect(folder, name, env, str(tmp_path)))
+            return conns[-1] is not None
+
+        _wait(answers, "a daemon listens")
+        conns[-1].close()
         _wait(lambda: len(_daemons(folder)) == 1, "the others saw its lock and left")
-        conn = remote._connect(folder, name, env, str(tmp_path))
-        assert conn is not None
-        conn.close()
     finally:
         for sock in folder.glob("*.sock"):
             sock.unlink()

@@ -18,7 +18,7 @@ def get_executor(
     """``local``; ``ssh`` (remote hosts only) or ``routed`` (local slots here, remote ones over ssh).
 
     ``warm``: local trials of ``python -m module`` commands fork from a pre-imported worker per slot (warm.py),
-    with ``routed`` too.
+    with ``routed`` too; remote ones from a zygote daemon per host (orchestrator/remote.py).
     """
     if name == "local" and not hosts:
         if warm:
@@ -29,5 +29,7 @@ def get_executor(
     if name in ("local", "routed", "ssh"):
         from orchestrator.executors.ssh import RoutingExecutor, SSHExecutor
 
-        return SSHExecutor(events, hosts) if name == "ssh" else RoutingExecutor(events, hosts, warm=warm)
+        if name == "ssh":
+            return SSHExecutor(events, hosts, warm=warm)
+        return RoutingExecutor(events, hosts, warm=warm)
     raise UsageError(f"unknown executor {name!r}", hint="use 'local', 'ssh' or 'routed'")

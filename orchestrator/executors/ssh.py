@@ -4,7 +4,9 @@ One trial is one ``ssh HOST -- cd WORKDIR && exec PYTHON -u -m orchestrator.remo
 multiplexed connection (orchestrator/hosts.py has the options). The job (argv, environment, small run-directory
 files) goes down the session's stdin as one JSON line — secrets never appear on a command line or in a file —
 and the trial's stdout comes back on the session's stdout: the same protocol lines as a local child, so the
-controller stays the only writer of the study. Its stderr streams into the local ``stderr.log``.
+controller stays the only writer of the study. Its stderr streams into the local ``stderr.log``. A ``python -m``
+trial is forked there by the host's zygote daemon, which imported torch & co. once (orchestrator/remote.py);
+``--workers fresh`` (``warm=False``) starts each one as a new process.
 
 Exit semantics: the launcher reports the trial's own exit code (``remote_exit``) before it ends. If ssh ends
 without that report — exit 255, a dropped connection, a dead box — the host is lost: the job is marked
@@ -83,9 +85,14 @@ BACKOFF_MAX = 60.0
 
 
 class SSHExecutor(Executor):
-    def __init__(self, events: queue.Queue[tuple[str, Job, Any]], hosts: Sequence[HostSpec]) -> None:
+    def __init__(
+        self, events: queue.Queue[tuple[str, Job, Any]], hosts: Sequence[HostSpec], warm: bool = True
+    ) -> None:
         super().__init__(events)
         self.hosts = {h.name: h for h in hosts}
+        self.warm = (
+            warm  # False (``--workers fresh``): no zygote daemon on the hosts (orchestrator/remote.py)
+        )
         self.ctl = hs.control_dir()
         self.sync = hs.CodeSync(PROJECT_ROOT)
         self.data = datasync.DataSync()
@@ -154,7 +161,14 @@ class SSHExecutor(Executor):
                     if f.name == job.run_dir.trial_json.name and data:
                         text = json.dumps(datasync.remap(json.loads(text), data), indent=2)
                     files[f.name] = mapped(text)
-        return {"argv": argv, "env": renv, "run_dir": remote_rd, "files": files, "grace": 10}
+        return {
+            "argv": argv,
+            "env": renv,
+            "run_dir": remote_rd,
+            "files": files,
+            "grace": 10,
+            "warm": self.warm,
+        }
 
     def _run(self, job: Job, env: dict[str, str]) -> None:
         try:
@@ -676,7 +690,7 @@ class RoutingExecutor(Executor):
             from orchestrator.executors.warm import WarmExecutor
 
             self.local = WarmExecutor(events)
-        self.remote = SSHExecutor(events, hosts)
+        self.remote = SSHExecutor(events, hosts, warm=warm)
 
     def warm_up(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
         self.local.warm_up(argv, env, cwd)

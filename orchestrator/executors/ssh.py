@@ -90,9 +90,8 @@ class SSHExecutor(Executor):
     ) -> None:
         super().__init__(events)
         self.hosts = {h.name: h for h in hosts}
-        self.warm = (
-            warm  # False (``--workers fresh``): no zygote daemon on the hosts (orchestrator/remote.py)
-        )
+        # False (``--workers fresh``): no zygote daemon on the hosts (orchestrator/remote.py)
+        self.warm = warm
         self.ctl = hs.control_dir()
         self.sync = hs.CodeSync(PROJECT_ROOT)
         self.data = datasync.DataSync()

@@ -126,6 +126,8 @@ def transient(exc: BaseException) -> str | None:
 
 def mask_url(url: str) -> str:
     """A storage URL fit to print: its password replaced by ``***``."""
+    if "@" not in url:
+        return url  # no credentials (sqlite:///…, journal://…): no need to import SQLAlchemy to say so
     try:
         from sqlalchemy.engine import make_url
 

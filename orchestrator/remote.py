@@ -27,7 +27,7 @@ Warm trials. A trial whose argv is ``python [-u] -m module …`` with the launch
 a **zygote daemon** on the box instead of started fresh (``"warm": false`` in the job turns this off), so the
 torch/timm/… imports (orchestrator/executors/warm.py's ``PRELOAD``; ``ORCHESTRATE_PRELOAD=a,b`` replaces it) are
 paid once per box, not once per trial. One daemon per (interpreter, working directory, the start-up environment
-of warm.py's ``ZYGOTE_ENV``), listening on a Unix socket ``WORKDIR/.orchestrate/zygote/HASH.sock`` (a private
+of ``ZYGOTE_ENV``), listening on a Unix socket ``WORKDIR/.orchestrate/zygote/HASH.sock`` (a private
 directory under /tmp when that path is too long for a socket). The first launcher that finds no daemon starts
 one (detached: double fork, setsid, its messages in ``HASH.log``; a lock file held for the daemon's life makes
 it one) and runs its own trial fresh rather than wait for the imports. Later launchers send the request
@@ -67,7 +67,8 @@ from orchestrator import protocol
 
 WORKDIR_TOKEN = "@@ORCHESTRATE_WORKDIR@@"
 PID_FILE = "remote.pid"
-# the start-up environment that picks a zygote: warm.ZYGOTE_ENV (a test keeps them equal), and its own settings
+# the environment fixed when an interpreter starts or imports (sys.path, sitecustomize, thread pools): trials
+# differing in these need another zygote, here and in executors/warm.py; and the daemon's own settings
 ZYGOTE_ENV = (
     "PYTHONPATH",
     "PYTHONHOME",
@@ -536,8 +537,6 @@ class _Daemon:
 
 def _trial(req: dict[str, Any], fds: list[int], ready: int, close: list[Any]) -> None:
     """In the forked child: become the trial (its own session, its descriptors, environment and directory)."""
-    import runpy
-
     code = 1
     try:
         os.setsid()
@@ -565,29 +564,40 @@ def _trial(req: dict[str, Any], fds: list[int], ready: int, close: list[Any]) ->
         os.chdir(req["cwd"])
         grace = float(req.get("grace", 10))
         threading.Thread(target=_lifeline, args=(life, grace), daemon=True, name="lifeline").start()
-        sys.argv = [req["module"], *req["args"]]
-        try:
-            runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        try:
-            import atexit
-
-            atexit._run_exitfuncs()
-        except BaseException:
-            pass
+        code = run_as_main(req["module"], req["args"])
     finally:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def run_as_main(module: str, args: list[str]) -> int:
+    """In a forked child: run ``module`` as ``python -m module args…`` would, then its exit handlers; the exit code.
+
+    The caller flushes and ``os._exit``s with it (a forked child must never return into its parent's loop).
+    """
+    import runpy
+
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    return code
 
 
 def _lifeline(fd: int, grace: float) -> None:

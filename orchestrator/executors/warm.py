@@ -48,6 +48,7 @@ from typing import IO, Any
 from orchestrator import protocol
 from orchestrator.executors._base import Executor, Job
 from orchestrator.executors.local import LocalExecutor, _die_with_parent, _dies_with_parent, _signal_group
+from orchestrator.remote import ZYGOTE_ENV, run_as_main
 
 CONTROL = "@orchestrate-worker "
 # what a zygote imports before its first fork (never CUDA initialisation: a forked child must be able to)
@@ -66,18 +67,6 @@ PRELOAD = (
     "experiments.metrics",
     "experiments.optim",
     "experiments.wandb_log",
-)
-# the environment fixed when an interpreter starts or imports: trials differing in these need another zygote
-ZYGOTE_ENV = (
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONHASHSEED",
-    "LD_LIBRARY_PATH",
-    "LD_PRELOAD",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "ORCHESTRATE_WANDB_BRIDGE",
-    "ORCHESTRATE_METRIC",
 )
 # never given to a zygote or a worker: they belong to one trial
 TRIAL_ENV_PREFIXES = ("WANDB_RUN_ID", "WANDB_NAME", "ORCHESTRATE_RUN_DIR")
@@ -471,8 +460,6 @@ def _worker_main(preload: list[str]) -> None:
 
 def _serve(requests: IO[str]) -> None:
     """A worker's loop: fork each requested trial, wait for it, report its pid and exit status."""
-    import runpy
-
     control = os.fdopen(os.dup(1), "w", buffering=1)
 
     def say(**msg: Any) -> None:
@@ -509,23 +496,7 @@ def _serve(requests: IO[str]) -> None:
                 os.dup2(null, 0)  # the worker's stdin is its request channel, not the trial's
                 os.close(null)
                 control.close()
-                sys.argv = [req["module"], *req["args"]]
-                try:
-                    runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
-                    code = 0
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-                except BaseException:
-                    import traceback
-
-                    traceback.print_exc()
-                    code = 1
-                try:
-                    import atexit
-
-                    atexit._run_exitfuncs()
-                except BaseException:
-                    pass
+                code = run_as_main(req["module"], req["args"])
             finally:
                 try:
                     sys.stdout.flush()

@@ -187,8 +187,8 @@ class SSHExecutor(Executor):
             except hs.HostUnreachable as exc:
                 self._lost(job, str(exc))
                 return
-            except RunError as exc:
-                stderr_log.write(f"orchestrate: {exc}\n".encode())
+            except RunError as exc:  # with its hint, as for the datasets below
+                stderr_log.write(f"orchestrate: {exc.render()}\n".encode())
                 self._exit(job, 1)
                 return
             try:  # the datasets it reads: copied to this host once (then its trial.json names the copy)

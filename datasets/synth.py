@@ -30,8 +30,8 @@ Layouts and label files (real formats, see FORMATS.md in the fixtures):
 * ``utkface``: file names from the real CORAL lists (``coral_utk_{train,test}.csv``, malformed ones included
   so loaders see them), ``UTKFace/<name>`` (the Aligned&Cropped layout), square ``size`` px.
 
-The label files are found via ``$ORCHESTRATE_FIXTURES_DIR``, else the copies shipped in ``datasets/labels/``,
-else ``<project>/shared/fixtures`` or ``<project>/../shared/fixtures``.
+The label files are found via ``$ORCHESTRATE_FIXTURES_DIR``, else the copies shipped in ``datasets/labels/``
+(nothing outside the repository is needed).
 """
 
 from __future__ import annotations
@@ -240,14 +240,9 @@ def _render_and_write(
 # ----------------------------------------------------------------------------------------------- fixtures
 def fixtures_dir() -> Path:
     """The real label files: ``$ORCHESTRATE_FIXTURES_DIR``, else the copies shipped in ``datasets/labels``
-    (see its README), else ``shared/fixtures`` beside the project; DataError if none is found."""
+    (see its README); DataError if none is found."""
     env = os.environ.get("ORCHESTRATE_FIXTURES_DIR")
-    here = Path(__file__).resolve().parents[1]
-    cands = ([Path(env)] if env else []) + [
-        Path(__file__).resolve().parent / "labels",
-        here / "shared" / "fixtures",
-        here.parent / "shared" / "fixtures",
-    ]
+    cands = ([Path(env)] if env else []) + [Path(__file__).resolve().parent / "labels"]
     for c in cands:
         if (c / "adience").is_dir():
             return c

@@ -9,9 +9,9 @@ import pytest
 from datasets import open_dataset
 from datasets.adience import AGE_GROUPS, NEAREST_AGE_MAP, age_to_group, load_adience, nearest_group
 from orchestrator.errors import DataError
-from tests.datasets.conftest import ADIENCE
+from tests.datasets.conftest import ADIENCE, ADIENCE_2015, ADIENCE_FRONTAL
 
-L2015 = ADIENCE / "levi_hassner_2015"
+L2015 = ADIENCE_2015
 
 
 def per_fold(ds, task: str) -> list[int]:
@@ -64,8 +64,13 @@ def test_nearest_mapping_and_dict() -> None:
         load_adience(ADIENCE, check_images=False, age_mapping="closest")
 
 
-def test_frontal_and_2015_release() -> None:
-    fr = load_adience(ADIENCE, variant="frontal", check_images=False)  # found in root/frontal
+def test_frontal_and_2015_release(tmp_path: Path) -> None:
+    root = tmp_path / "adience"  # the real layout: fold files, frontal/ beside them
+    root.mkdir()
+    for k in range(5):
+        (root / f"fold_{k}_data.txt").symlink_to(ADIENCE / f"fold_{k}_data.txt")
+    (root / "frontal").symlink_to(ADIENCE_FRONTAL, target_is_directory=True)
+    fr = load_adience(root, variant="frontal", check_images=False)  # found in root/frontal
     assert len(fr) == 13559
     assert fr.info["rows_per_fold"] == [3210, 3063, 2381, 2507, 2398]
     assert per_fold(fr, "gender") == [1474 + 1410, 1157 + 1329, 987 + 1207, 1102 + 1275, 1051 + 1201]

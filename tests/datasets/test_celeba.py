@@ -10,9 +10,9 @@ import pytest
 from datasets import open_dataset
 from datasets.celeba import read_attr_file
 from orchestrator.errors import DataError
-from tests.datasets.conftest import FIX
+from tests.datasets.conftest import LABELS
 
-CELEBA = FIX / "celeba"
+CELEBA = LABELS / "celeba"  # attribute and identity rows; the partition file comes from `celeba_labels`
 
 
 def test_attr_file_parse() -> None:
@@ -25,16 +25,16 @@ def test_attr_file_parse() -> None:
 
 
 @pytest.mark.parametrize("layout", ["flat", "drive"])
-def test_fixture_intersection_and_labels(tmp_path: Path, layout: str) -> None:
+def test_fixture_intersection_and_labels(tmp_path: Path, layout: str, celeba_labels: Path) -> None:
     if layout == "flat":
         for f in ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt"):
-            shutil.copy(CELEBA / f, tmp_path / f)
+            shutil.copy(celeba_labels / f, tmp_path / f)
     else:
         (tmp_path / "Anno").mkdir()
         (tmp_path / "Eval").mkdir()
         shutil.copy(CELEBA / "list_attr_celeba.txt", tmp_path / "Anno")
         shutil.copy(CELEBA / "identity_CelebA.txt", tmp_path / "Anno")
-        shutil.copy(CELEBA / "list_eval_partition.txt", tmp_path / "Eval")
+        shutil.copy(celeba_labels / "list_eval_partition.txt", tmp_path / "Eval")
     ds = open_dataset("celeba", tmp_path, check_images=False)
     assert len(ds) == 500
     assert ds.info["attr_rows"] == 500 and ds.info["partition_rows"] == 202599 and ds.info["used_rows"] == 500
@@ -50,7 +50,7 @@ def test_fixture_intersection_and_labels(tmp_path: Path, layout: str) -> None:
     assert ds.paths[0] == expected
 
 
-def test_missing_files(tmp_path: Path) -> None:
+def test_missing_files(tmp_path: Path, celeba_labels: Path) -> None:
     with pytest.raises(DataError) as e:
         open_dataset("celeba", tmp_path)
     assert str(tmp_path / "list_attr_celeba.txt") in e.value.message
@@ -58,7 +58,7 @@ def test_missing_files(tmp_path: Path) -> None:
     shutil.copy(CELEBA / "list_attr_celeba.txt", tmp_path)
     with pytest.raises(DataError, match="list_eval_partition"):
         open_dataset("celeba", tmp_path)
-    shutil.copy(CELEBA / "list_eval_partition.txt", tmp_path)
+    shutil.copy(celeba_labels / "list_eval_partition.txt", tmp_path)
     with pytest.raises(DataError, match="img_align_celeba"):
         open_dataset("celeba", tmp_path)
 

@@ -10,11 +10,11 @@ from datasets import open_dataset
 from datasets.synth import utk_names
 from datasets.utkface import bin_ages, load_utkface, parse_name, resolve_bins
 from orchestrator.errors import DataError
-from tests.datasets.conftest import FIX
+from tests.datasets.conftest import LABELS
 
 
 def test_coral_names_malformed_counts(tmp_path: Path) -> None:
-    names = utk_names(FIX)
+    names = utk_names(LABELS)
     assert len(names) == 13147 + 3287
     ds = load_utkface(tmp_path, files=names, check_images=False)
     assert len(ds) == 16429

@@ -13,7 +13,7 @@ from orchestrator.errors import SpecError
 from orchestrator.spec import load_sweeps
 
 FILES = Path(__file__).resolve().parent / "files"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "wandb_sweeps"
+CORPUS = Path(__file__).resolve().parents[2] / "fixtures" / "wandb_sweeps"  # tests/fixtures (see its README)
 PARAMS = {
     "lr": 0.001,
     "epochs": 3.0,

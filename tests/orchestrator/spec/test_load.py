@@ -13,7 +13,7 @@ from orchestrator.spec import SweepFile, load_sweeps
 HERE = Path(__file__).resolve().parent
 FILES = HERE / "files"
 EXPERIMENTS = FILES / "experiments"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "wandb_sweeps"
+CORPUS = Path(__file__).resolve().parents[2] / "fixtures" / "wandb_sweeps"  # tests/fixtures (see its README)
 REAL = sorted(CORPUS.glob("*.yaml"))
 # W&B's own grid plan sizes (SOURCES.md)
 GRID_SIZES = {"04": 459, "08": 18, "09": 81, "11": 3, "17": 6, "19": 3, "20": 16, "30": 27}

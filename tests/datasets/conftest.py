@@ -25,7 +25,8 @@ UTKFACE = LABELS / "utkface"
 @pytest.fixture(autouse=True)
 def _cache_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCHESTRATE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.delenv("ORCHESTRATE_FIXTURES_DIR", raising=False)  # the shipped labels, whatever the shell says
+    # the shipped labels, whatever the shell says
+    monkeypatch.delenv("ORCHESTRATE_FIXTURES_DIR", raising=False)
 
 
 @pytest.fixture(scope="session")

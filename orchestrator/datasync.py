@@ -57,10 +57,18 @@ class Unit:
     src: Path
 
 
-def _experiment_config() -> Any:
-    from orchestrator.validate import _experiments_config
+_RESOLVED: dict[str, dict[str, Any]] = {}  # the experiments' checker's answer, by the trial's params
 
-    return _experiments_config()
+
+def _resolved(experiment: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The experiment's own resolution of ``params`` (its ``dataset`` and ``data_root``), asked through the
+    seam ``python -m experiments.check`` once per distinct parameter set."""
+    from orchestrator.validate import ask_experiments
+
+    key = json.dumps([experiment, params], sort_keys=True, default=str)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = ask_experiments([{"op": "resolve", "experiment": experiment, "params": params}])[0]
+    return _RESOLVED[key]
 
 
 WEIGHT_PARAMS = ("pretrained", "init_checkpoint")  # parameters that may name a weights file
@@ -91,10 +99,10 @@ def _dataset_units(trial: dict[str, Any]) -> list[Unit]:
     params = trial.get("params") or {}
     dataset: str | None = None
     own_root: str | None = None
-    try:
-        cfg = _experiment_config().resolve(params)
-        dataset, own_root = cfg.dataset, cfg.data_root
-    except Exception:  # not the train experiment's config, or bad params: the trial will say so itself
+    res = _resolved(str(trial["experiment"]), params)
+    if res.get("ok"):
+        dataset, own_root = res.get("dataset"), res.get("data_root")
+    else:  # bad params: the trial will say so itself
         own = params.get("data_root")
         own_root = own if isinstance(own, str) else None
         dataset = params.get("dataset") if isinstance(params.get("dataset"), str) else None

@@ -1,23 +1,51 @@
 """Check a sweep's parameters against its built-in experiment's config before anything starts.
 
-The experiment's typed defaults live in ``experiments/config.py`` (no torch import), so the controller can
-reject an unknown key or a wrongly typed value with the file, line and key — before any trial runs.
+The experiment's typed defaults and torch-free checks live in ``experiments/config.py``; the controller asks
+them through one seam, ``python -m experiments.check`` (a subprocess speaking JSON), and never imports
+experiment code. So it can reject an unknown key, a wrongly typed value or a configuration that cannot run
+with the file, line and key — before any trial runs — and the experiment's rules run on one side only.
 """
 
 from __future__ import annotations
 
-import importlib
+import json
+import subprocess
+import sys
 from typing import Any
 
-from orchestrator.errors import SpecError
-from orchestrator.rundir import with_project_on_path
+from orchestrator.errors import RunError, SpecError
+from orchestrator.rundir import PROJECT_ROOT
 
 MAX_POINTS = 500
+CHECKER = [sys.executable, "-m", "experiments.check"]
 
 
-def _experiments_config() -> Any:
-    with_project_on_path()
-    return importlib.import_module("experiments.config")
+def ask_experiments(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One round trip to ``python -m experiments.check`` (see its docstring): one result per request."""
+    if not requests:
+        return []
+    try:
+        proc = subprocess.run(
+            CHECKER,
+            input=json.dumps({"requests": requests}, default=str),
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RunError(f"the experiments' checker could not run: {exc}") from None
+    try:
+        results = json.loads(proc.stdout)["results"] if proc.returncode == 0 else None
+    except (ValueError, KeyError, TypeError):
+        results = None
+    if not isinstance(results, list) or len(results) != len(requests):
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RunError(
+            f"the experiments' checker ({' '.join(CHECKER[1:])}) failed (exit {proc.returncode}): {tail[0]}",
+            hint=f"run it by hand in {PROJECT_ROOT} to see the whole error",
+        )
+    return results
 
 
 def candidate_points(space: Any, method: str, n: int = 20) -> list[dict[str, Any]]:
@@ -37,38 +65,43 @@ def candidate_points(space: Any, method: str, n: int = 20) -> list[dict[str, Any
 
 
 def validate_experiments(specs: list[Any]) -> None:
+    """Every sweep of a built-in experiment, checked at a few points (the grid, or random samples) in one
+    round trip to the experiments' checker; the first problem raises ``SpecError`` at the sweep's file:line."""
+    asked: list[tuple[Any, dict[str, Any]]] = []
     for spec in specs:
         if not getattr(spec, "experiment", None):
             continue
-        config = _experiments_config()
         for flat in candidate_points(spec.parameters, spec.method):
             params = spec.parameters.nest(flat)
             if getattr(spec, "init_from", None):
                 params.pop("init_rank", None)  # the controller turns it into the parent's checkpoint path
                 params["pretrained"] = "<checkpoint of the parent sweep>"
-            try:
-                config.validate(spec.experiment, params)
-                reported = config.reported_metrics(spec.experiment, params)
-            except SpecError as exc:
-                key = exc.key or ""
-                raise SpecError(
-                    exc.detail,
-                    file=spec.file,
-                    line=_param_line(spec, key),
-                    key=".".join(filter(None, [_where(spec), "parameters", key]))
-                    if key
-                    else _where(spec) or None,
-                    hint=exc.hint,
-                ) from None
-            if spec.metric is not None and spec.metric.name not in reported:
-                raise SpecError(
-                    f"metric {spec.metric.name!r} is never reported by experiment {spec.experiment!r} "
-                    f"with these parameters",
-                    file=spec.file,
-                    line=spec.line,
-                    key=".".join(filter(None, [_where(spec), "metric", "name"])),
-                    hint="it reports: " + ", ".join(reported),
-                )
+            asked.append((spec, params))
+    results = ask_experiments(
+        [{"op": "validate", "experiment": spec.experiment, "params": params} for spec, params in asked]
+    )
+    for (spec, _), res in zip(asked, results, strict=True):
+        if not res.get("ok"):
+            key = str(res.get("key") or "")
+            raise SpecError(
+                str(res.get("message")),
+                file=spec.file,
+                line=_param_line(spec, key),
+                key=".".join(filter(None, [_where(spec), "parameters", key]))
+                if key
+                else _where(spec) or None,
+                hint=res.get("hint"),
+            )
+        reported = list(res.get("reported") or [])
+        if spec.metric is not None and spec.metric.name not in reported:
+            raise SpecError(
+                f"metric {spec.metric.name!r} is never reported by experiment {spec.experiment!r} "
+                f"with these parameters",
+                file=spec.file,
+                line=spec.line,
+                key=".".join(filter(None, [_where(spec), "metric", "name"])),
+                hint="it reports: " + ", ".join(reported),
+            )
 
 
 def _where(spec: Any) -> str:

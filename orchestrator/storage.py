@@ -61,51 +61,10 @@ def _query(url: str) -> dict[str, Any]:
 
 
 def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
-    """Set several user attributes of a running trial in one transaction (one commit, not one per key).
+    """Set several user attributes of a running trial in one transaction (see ``optuna_compat``)."""
+    from orchestrator import optuna_compat
 
-    Optuna has no batch call; on an RDB storage this uses the storage's own per-key upsert inside one session,
-    and falls back to ``trial.set_user_attr`` per key for any other storage (or another Optuna version).
-    """
-    storage = getattr(trial, "storage", None)
-    backend = getattr(storage, "_backend", storage)
-    try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
-
-        if isinstance(backend, RDBStorage):
-            model = models.TrialUserAttributeModel
-            with _create_scoped_session(backend.scoped_session, True) as session:
-                if backend.engine.name in ("sqlite", "postgresql"):
-                    # one multi-row upsert (Optuna's own per-key path costs a SELECT and an upsert per key)
-                    import json
-
-                    from sqlalchemy.dialects import postgresql, sqlite
-
-                    found = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
-                    backend.check_trial_is_updatable(trial._trial_id, found.state)  # type: ignore[arg-type]
-                    dialect = sqlite if backend.engine.name == "sqlite" else postgresql
-                    stmt = dialect.insert(model).values(
-                        [
-                            {"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
-                            for k, v in attrs.items()
-                        ]
-                    )
-                    stmt = stmt.on_conflict_do_update(
-                        index_elements=[model.trial_id, model.key],
-                        set_={"value_json": stmt.excluded.value_json},
-                    )
-                    session.execute(stmt)
-                else:
-                    for key, value in attrs.items():
-                        backend._set_trial_attr_without_commit(session, model, trial._trial_id, key, value)
-            cached = getattr(trial, "_cached_frozen_trial", None)
-            if cached is not None:
-                cached.user_attrs.update(attrs)
-            return
-    except (ImportError, AttributeError, TypeError):
-        pass
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    optuna_compat.set_user_attrs(trial, attrs)
 
 
 def _tune_sqlite(storage: Any) -> None:

@@ -393,11 +393,12 @@ class ParamSpace:
         Optuna's GridSampler over :meth:`grid_search_space`, or with enqueued grid points).
         """
         exact: dict[str, Any] = {}
-        fixed = getattr(trial, "_fixed_params", None)
-        if isinstance(fixed, dict) and fixed:
-            # a private attribute of optuna.Trial: a fresh dict is assigned, storage is never touched
+        from orchestrator import optuna_compat  # optuna is loaded by now: a trial exists
+
+        fixed = optuna_compat.fixed_params(trial)
+        if fixed:
             fixed, exact = self._translate_fixed(dict(fixed), grid)
-            trial._fixed_params = fixed
+            optuna_compat.set_fixed_params(trial, fixed)
         out: dict[str, Any] = {}
         for p in self._params:
             name = p.name

@@ -1,0 +1,63 @@
+"""Optuna's private API, used only through ``orchestrator.optuna_compat``, checked on a real SQLite study.
+
+The first test fails on purpose when Optuna is upgraded: read the private attributes again, then move the pin.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+
+from orchestrator import optuna_compat as oc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pinned_to_the_tested_optuna() -> None:
+    assert optuna.__version__ == oc.TESTED_OPTUNA
+    pinned = re.search(r"^optuna==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert pinned and pinned.group(1) == oc.TESTED_OPTUNA
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}", study_name="s")
+
+
+def test_new_trial_ids_storage_and_frozen(study: optuna.Study) -> None:
+    study.enqueue_trial({"x": 1.0})  # a WAITING trial: new_trial must not pick it up (ask() would)
+    tid = oc.new_trial(study)
+    trial = optuna.Trial(study, tid)
+    assert oc.trial_id(trial) == tid and oc.study_id(study) == oc.storage(study).get_study_id_from_name("s")
+    stored = oc.storage(study).get_trial(tid)
+    assert stored.state == optuna.trial.TrialState.RUNNING and oc.trial_id(stored) == tid
+    trial.report(0.5, 1)
+    assert oc.frozen(trial).intermediate_values == {1: 0.5}
+    states = sorted(t.state.name for t in study.get_trials())
+    assert states == ["RUNNING", "WAITING"]
+    oc.forget_cached_trials(study)  # must not raise, and the next read sees the storage
+    assert len(study.get_trials()) == 2
+
+
+def test_fixed_params_round_trip(study: optuna.Study) -> None:
+    study.enqueue_trial({"x": 2.0})
+    trial = study.ask()
+    assert oc.fixed_params(trial) == {"x": 2.0}
+    oc.set_fixed_params(trial, {"x": 3.0})
+    assert trial.suggest_float("x", 0, 10) == 3.0
+
+
+def test_set_user_attrs_one_upsert(study: optuna.Study) -> None:
+    trial = study.ask()
+    trial.set_user_attr("a", 0)
+    oc.set_user_attrs(trial, {"a": 1, "b": {"c": [1, 2]}, "d": "x"})
+    stored = oc.storage(study).get_trial(oc.trial_id(trial))
+    assert stored.user_attrs == {"a": 1, "b": {"c": [1, 2]}, "d": "x"}
+    assert oc.frozen(trial).user_attrs["b"] == {"c": [1, 2]}
+    study.tell(trial, 1.0)
+    with pytest.raises(RuntimeError):  # a finished trial is not updatable
+        oc.set_user_attrs(trial, {"late": 1})

@@ -11,9 +11,10 @@ SQLite study and fails when Optuna's version changes, so an upgrade is a deliber
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
+if TYPE_CHECKING:  # importing this module must not import Optuna (the controller imports it lazily)
+    import optuna
 
 #: the Optuna version these private attributes were read from (requirements.txt pins it)
 TESTED_OPTUNA = "5.0.0"

@@ -134,7 +134,7 @@ def test_controller_never_imports_torch() -> None:
 def test_prune_view_gives_the_same_decisions_as_the_study() -> None:
     """The controller prunes on an in-memory view of the study (no database read per metric line); it must
     decide exactly as the pruner does on the real study."""
-    from orchestrator.scheduler import _PruneView
+    from orchestrator.sweep import _PruneView
     from orchestrator.wandb_hyperband import WandbHyperbandPruner
 
     rng = __import__("random").Random(0)

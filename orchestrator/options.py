@@ -1,0 +1,42 @@
+"""What a launch is asked to do (``LaunchOptions``) and what it did (``Outcome``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import storage as st
+from orchestrator.leases import DEFAULT_LEASE_S
+from orchestrator.slots import Slot
+
+
+@dataclass
+class LaunchOptions:
+    storage: str = st.DEFAULT_STORAGE
+    runs_dir: Path = Path("runs")
+    slots: list[Slot] = field(default_factory=list)
+    max_trials: int | None = None
+    wandb_mode: str = "offline"
+    grace: float = 10.0
+    cache_dir: Path | None = None
+    executor: str = "local"
+    workers: str = "warm"  # warm: fork trials from a pre-imported worker per slot; fresh: a new process each
+    hosts: tuple[Any, ...] = ()  # HostSpec of the remote slots (orchestrator/hosts.py)
+    lease_s: float = DEFAULT_LEASE_S  # a controller silent for longer is dead to the others (leases.py)
+
+
+@dataclass
+class Outcome:
+    """What a finished launch did, per sweep."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    interrupted: bool = False
+    wall_s: float = 0.0
+    busy_s: float = 0.0  # sum of trial durations
+    slots: int = 0
+    unrecorded: int = 0  # finished results the storage did not take before an interrupted launch ended
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy_s / (self.slots * self.wall_s) if self.wall_s > 0 and self.slots else 0.0

@@ -86,6 +86,7 @@ class LaunchOptions:
     executor: str = "local"
     workers: str = "warm"  # warm: fork trials from a pre-imported worker per slot; fresh: a new process each
     hosts: tuple[Any, ...] = ()  # HostSpec of the remote slots (orchestrator/hosts.py)
+    slurm: dict[str, Any] = field(default_factory=dict)  # executor "slurm": sweep name → SlurmSpec ("" default)
     lease_s: float = DEFAULT_LEASE_S  # a controller silent for longer is dead to the others (leases.py)
 
 
@@ -653,7 +654,7 @@ class Controller:
         self.display = display
         self.events: queue.Queue[tuple[str, Job, Any]] = queue.Queue()
         self.executor = get_executor(
-            opts.executor, self.events, hosts=opts.hosts, warm=opts.workers == "warm"
+            opts.executor, self.events, hosts=opts.hosts, warm=opts.workers == "warm", slurm=opts.slurm
         )
         self._resting: dict[str, list[Slot]] = {}  # lost host → its slots, until it answers again
         self._prices = {

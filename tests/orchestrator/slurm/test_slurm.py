@@ -196,8 +196,8 @@ def test_job_taken_away_resumes_from_its_checkpoint(tmp_path: Path, slurm_cluste
     assert re.search(rf"slurm job {job_id} \(orch-resume-\S+\) was {state}", text), text
     assert "goes back to the queue (not a failure" in text
     (t,) = load_trials(tmp_path, "resume")
-    assert t.state == TrialState.COMPLETE and t.user_attrs.get("orchestrate.attempt", 0) == 0
-    assert t.user_attrs["orchestrate.resumed"] == 3  # from the epoch-3 checkpoint, in its run directory
+    assert t.state == TrialState.COMPLETE and t.user_attrs["orchestrate.attempt"] == 1  # not counted as a failure
+    assert t.user_attrs["orchestrate.resumed_from_epoch"] == 3  # from the epoch-3 checkpoint, in its run directory
     assert t.value == pytest.approx(0.9 * (1 - 0.5**6))
     assert sorted(t.intermediate_values) == [1, 2, 3, 4, 5, 6]
     run_dir = run_dir_of(tmp_path)
@@ -237,7 +237,7 @@ def test_sigkilled_controller_leaves_no_job_after_relaunch(tmp_path: Path, slurm
     trials = load_trials(tmp_path, "resume")
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 1 and done[0].value == pytest.approx(0.9 * (1 - 0.5**6))
-    assert done[0].user_attrs["orchestrate.resumed"] == 3
+    assert done[0].user_attrs["orchestrate.resumed_from_epoch"] == 3
     slurm_cluster.wait_empty()
     assert not slurm_cluster.queue()
 

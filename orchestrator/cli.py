@@ -540,13 +540,17 @@ def hosts_check(
 
 
 # ------------------------------------------------------------------------------------------------ slurm
-slurm_app = typer.Typer(help="A Slurm cluster (slots: slurm, defaults.slurm in the sweep file).", no_args_is_help=True)
+slurm_app = typer.Typer(
+    help="A Slurm cluster (slots: slurm, defaults.slurm in the sweep file).", no_args_is_help=True
+)
 app.add_typer(slurm_app, name="slurm")
 
 
 @slurm_app.command("check")
 def slurm_check(
-    file: Annotated[Path, typer.Argument(help="Sweep file whose defaults.slurm to check.")] = Path("sweeps.yaml"),
+    file: Annotated[Path, typer.Argument(help="Sweep file whose defaults.slurm to check.")] = Path(
+        "sweeps.yaml"
+    ),
     fmt: Annotated[PlanFormat, typer.Option("--format")] = PlanFormat.table,
 ) -> None:
     """Partitions, nodes, GPUs and time limits; and whether Slurm accepts a trial's job (srun --test-only)."""

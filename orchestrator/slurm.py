@@ -27,10 +27,21 @@ from orchestrator.errors import RunError, UsageError
 COMMANDS = ("srun", "squeue", "scontrol", "scancel", "sinfo")
 #: job states after which a trial resumes elsewhere instead of failing: the cluster took the job away
 LOST_STATES = frozenset(
-    {"PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "CANCELLED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED"}
+    {
+        "PREEMPTED",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "CANCELLED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "SUSPENDED",
+    }
 )
 #: states of a job that has not reached its end yet
-LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"})
+LIVE_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"}
+)
 TIMEOUT = 30.0  # seconds for one query to slurmctld
 
 
@@ -230,7 +241,9 @@ def check(spec: Any, srun_args: Sequence[str]) -> dict[str, Any]:
         gpus = max((n["gpus"] for n in report["nodes"] if n["partition"] == wanted), default=0)
         need = gres_count(spec.gres) if spec.gres else 0
         if need > gpus:
-            problems.append(f"gres {spec.gres}: no node of partition {wanted} has {need} GPU(s) (most: {gpus})")
+            problems.append(
+                f"gres {spec.gres}: no node of partition {wanted} has {need} GPU(s) (most: {gpus})"
+            )
     test = _run(["srun", "--test-only", *srun_args, "true"])
     answer = (test.stdout + test.stderr).strip()
     if test.returncode != 0:

@@ -202,7 +202,9 @@ class SlurmExecutor(Executor):
         job_id = str(event["slurm_job_id"])
         with self._lock:
             self._ids[job.key] = job_id
-        self._note(job, f"slurm job {job_id} ({sl.job_name(job.run_dir.path)}) runs on {event.get('slurm_node')}")
+        self._note(
+            job, f"slurm job {job_id} ({sl.job_name(job.run_dir.path)}) runs on {event.get('slurm_node')}"
+        )
         # recorded in the study like an SSH trial's remote process: a relaunch cancels what a dead controller left
         info = {
             "event": protocol.EVENT_INFO,
@@ -246,7 +248,9 @@ class SlurmExecutor(Executor):
         proc = job.handle
         if proc is None or proc.poll() is not None:
             return
-        threading.Thread(target=self._stop, args=(job, proc, grace), daemon=True, name=f"stop-{job.key}").start()
+        threading.Thread(
+            target=self._stop, args=(job, proc, grace), daemon=True, name=f"stop-{job.key}"
+        ).start()
 
     def _stop(self, job: Job, proc: subprocess.Popen[bytes], grace: float) -> None:
         """SIGTERM to the trial (``scancel --signal=TERM``: it may save a checkpoint); the whole job cancelled
@@ -296,11 +300,13 @@ class SlurmExecutor(Executor):
             sl.cancel(j["id"] for j in jobs)
         except Exception as exc:
             return [f"could not cancel the slurm jobs a dead controller left: {exc}"]
+        # until each one ends: gone from the queue, or COMPLETING (its processes were signalled; slurmstepd may
+        # still try to reach a hung srun of the dead controller for a while, which holds no trial process)
         ids = {j["id"] for j in jobs}
         deadline = time.monotonic() + 120
         while ids and time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                ids &= {j["id"] for j in sl.my_jobs()}
+                ids = {j["id"] for j in sl.my_jobs() if j["id"] in ids and j["state"] != "COMPLETING"}
             if ids:
                 time.sleep(0.2)
         notes = [f"cancelled slurm job {j['id']} ({j['name']}) left by a dead controller" for j in jobs]

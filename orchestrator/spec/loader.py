@@ -1136,8 +1136,12 @@ SLURM_KEYS = (
     "srun_flags",
 )
 _SLURM_WORD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,:+-]*$")
-_SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|infinite|unlimited)$")
-_SLURM_GRES = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(:[A-Za-z0-9_.-]+)*(,[A-Za-z_][A-Za-z0-9_-]*(:[A-Za-z0-9_.-]+)*)*$")
+_SLURM_TIME = re.compile(
+    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|infinite|unlimited)$"
+)
+_SLURM_GRES = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_-]*(:[A-Za-z0-9_.-]+)*(,[A-Za-z_][A-Za-z0-9_-]*(:[A-Za-z0-9_.-]+)*)*$"
+)
 _SLURM_MEM = re.compile(r"^[1-9]\d*[KMGT]?$")
 #: set by orchestrate for every trial's job: a flag of srun_flags must not change them
 _SLURM_OWN = ("-J", "--job-name", "--comment", "-o", "--output", "-i", "--input", "-D", "--chdir")

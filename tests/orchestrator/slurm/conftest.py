@@ -77,7 +77,9 @@ class Cluster:
         for name in ("slurmctld.log", "slurmd.log", "munged.log"):
             p = self.root / name
             if p.exists():
-                out.append(f"--- {name} (tail)\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:]))
+                out.append(
+                    f"--- {name} (tail)\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+                )
         return "\n".join(out)
 
 
@@ -113,6 +115,7 @@ MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 KillWait=5
+MessageTimeout=3
 MinJobAge=600
 GresTypes=gpu
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000{gres} State=UNKNOWN
@@ -142,7 +145,9 @@ def _start(root: Path) -> Cluster:
     gpus = 4
     try:
         for i in range(gpus):
-            os.mknod(root / f"gpu{i}", 0o666 | 0o020000, os.makedev(1, 3))  # a character device, like /dev/null
+            os.mknod(
+                root / f"gpu{i}", 0o666 | 0o020000, os.makedev(1, 3)
+            )  # a character device, like /dev/null
         (root / "gres.conf").write_text(f"NodeName={node} Name=gpu File={root}/gpu[0-{gpus - 1}]\n")
     except OSError:  # not allowed to make device nodes: no fake GPUs, CPU-only trials
         gpus = 0
@@ -162,7 +167,9 @@ def _start(root: Path) -> Cluster:
         if state.returncode == 0 and states and states <= {"idle", "mixed", "allocated"}:
             break
         if time.time() > deadline:
-            raise RuntimeError(f"the node did not come up (sinfo: {state.stdout or state.stderr})\n{cluster.logs()}")
+            raise RuntimeError(
+                f"the node did not come up (sinfo: {state.stdout or state.stderr})\n{cluster.logs()}"
+            )
         time.sleep(0.2)
     return cluster
 

@@ -4,6 +4,7 @@ controller's jobs cancelled by the relaunch, and the ``slurm:`` block's validati
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -196,8 +197,12 @@ def test_job_taken_away_resumes_from_its_checkpoint(tmp_path: Path, slurm_cluste
     assert re.search(rf"slurm job {job_id} \(orch-resume-\S+\) was {state}", text), text
     assert "goes back to the queue (not a failure" in text
     (t,) = load_trials(tmp_path, "resume")
-    assert t.state == TrialState.COMPLETE and t.user_attrs["orchestrate.attempt"] == 1  # not counted as a failure
-    assert t.user_attrs["orchestrate.resumed_from_epoch"] == 3  # from the epoch-3 checkpoint, in its run directory
+    assert (
+        t.state == TrialState.COMPLETE and t.user_attrs["orchestrate.attempt"] == 1
+    )  # not counted as a failure
+    assert (
+        t.user_attrs["orchestrate.resumed_from_epoch"] == 3
+    )  # from the epoch-3 checkpoint, in its run directory
     assert t.value == pytest.approx(0.9 * (1 - 0.5**6))
     assert sorted(t.intermediate_values) == [1, 2, 3, 4, 5, 6]
     run_dir = run_dir_of(tmp_path)
@@ -215,6 +220,7 @@ def test_sigkilled_controller_leaves_no_job_after_relaunch(tmp_path: Path, slurm
     spec = _spec(tmp_path, RESUME, slurm_cluster)
     ctl, log = launch(tmp_path, spec, "first.log")
     sruns: list[int] = []
+    again: subprocess.Popen[bytes] | None = None
     try:
         job_id = until(ctl, log, "running job", running_job(slurm_cluster))
         until(ctl, log, "checkpoint 3", lambda: checkpoint_at(run_dir_of(tmp_path), 3)())
@@ -224,20 +230,33 @@ def test_sigkilled_controller_leaves_no_job_after_relaunch(tmp_path: Path, slurm
             os.kill(p, signal.SIGSTOP)
         ctl.send_signal(signal.SIGKILL)
         ctl.wait(timeout=60)
-        time.sleep(1)
-        assert job_id in [j for j, _, _ in slurm_cluster.queue()]  # the orphan is there
-        again = run_cli(tmp_path, "launch", str(spec), "--plain", check=True, timeout=SAFETY_S)
+        assert (job_id, "RUNNING") in [(j, s) for j, _, s in slurm_cluster.queue()]  # the orphan runs on
+        again, log2 = launch(tmp_path, spec, "again.log")
+        until(
+            again, log2, "cancel", lambda: f"cancelled slurm job {job_id} (orch-resume-" in log2.read_text()
+        )
+        # the hung machine goes away for good: Slurm frees the node (a node whose job is COMPLETING takes no
+        # new job; its slurmstepd would otherwise try to reach the frozen srun for a while)
+        for p in sruns:
+            os.kill(p, signal.SIGKILL)
+        assert again.wait(timeout=SAFETY_S) == 0, log2.read_text()
     finally:
         for p in sruns:
-            with __import__("contextlib").suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-        if ctl.poll() is None:
-            ctl.kill()
-    assert f"cancelled slurm job {job_id} (orch-resume-" in again.stdout, again.stdout
+        for proc in (ctl, again):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    text = log2.read_text()
+    # the relaunch cancelled the job before the trial ran again
+    assert text.index(f"cancelled slurm job {job_id}") < text.index(
+        "trial 1 of resume resumed from its checkpoint"
+    )
     trials = load_trials(tmp_path, "resume")
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 1 and done[0].value == pytest.approx(0.9 * (1 - 0.5**6))
     assert done[0].user_attrs["orchestrate.resumed_from_epoch"] == 3
+    assert done[0].user_attrs["orchestrate.remote"]["pid"] != job_id
     slurm_cluster.wait_empty()
     assert not slurm_cluster.queue()
 
@@ -256,9 +275,9 @@ def test_slurm_check_reports_the_cluster(tmp_path: Path, slurm_cluster: Cluster)
     bad = write(
         tmp_path,
         "bad.yaml",
-        RESUME.replace("@GRES@", "gpu:9").replace("@CKPT@", str(CKPT)).replace(
-            "max_concurrent: 1", "max_concurrent: 1, partition: urgent, time: '2:00:00'"
-        ),
+        RESUME.replace("@GRES@", "gpu:9")
+        .replace("@CKPT@", str(CKPT))
+        .replace("max_concurrent: 1", "max_concurrent: 1, partition: urgent, time: '2:00:00'"),
     )
     proc = run_cli(tmp_path, "slurm", "check", str(bad))
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -359,3 +359,71 @@ def test_sweep_level_slurm_block_overrides_the_defaults(tmp_path: Path) -> None:
         "--nodes=1", "--ntasks=1", "--partition=gpu", "--time=90", "--cpus-per-task=4", "--mem=16G",
         "--constraint=a100", "-x", "n1",
     ]  # fmt: skip
+
+
+def test_ctrl_c_cancels_the_jobs_and_the_relaunch_resumes(tmp_path: Path, slurm_cluster: Cluster) -> None:
+    spec = _spec(tmp_path, RESUME, slurm_cluster)
+    ctl, log = launch(tmp_path, spec, "launch.log")
+    try:
+        job_id = until(ctl, log, "running job", running_job(slurm_cluster))
+        until(ctl, log, "checkpoint 3", lambda: checkpoint_at(run_dir_of(tmp_path), 3)())
+        ctl.send_signal(signal.SIGINT)
+        assert ctl.wait(timeout=SAFETY_S) == 130, log.read_text()
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+    slurm_cluster.wait_empty()  # scancel'd: nothing left in the queue
+    info = slurm_cluster.run("scontrol", "-o", "show", "job", job_id).stdout
+    # ended by our SIGTERM (scancel --signal=TERM: Slurm says FAILED, signal 15) or our scancel
+    assert re.search(r"JobState=(CANCELLED|FAILED) .*ExitCode=0:15", info), info
+    (t,) = load_trials(tmp_path, "resume")
+    assert t.state == TrialState.FAIL and t.user_attrs["orchestrate.reason"].startswith("interrupted")
+    again = run_cli(tmp_path, "launch", str(spec), "--plain", check=True, timeout=SAFETY_S)
+    assert "resumed from its checkpoint after epoch 3" in again.stdout, again.stdout
+    slurm_cluster.wait_empty()
+
+
+EXPERIMENT = """
+defaults:
+  slots: slurm
+  wandb: offline
+  retries: 0
+  project: e2e
+  slurm: {gres: @GRES@, cpus_per_trial: 1, mem_per_trial: 2G, max_concurrent: 2}
+sweeps:
+  - name: tiny-gender
+    experiment: train
+    method: grid
+    metric: {name: val/acc, goal: maximize}
+    parameters:
+      task: {value: gender}
+      backbone: {value: basic_cnn}
+      backbone_args: {value: {num_layers: 2, base_features: 8, hidden: 16}}
+      image_size: {value: 32}
+      synthetic_limit: {value: 200}
+      synthetic_size: {value: 48}
+      epochs: {value: 2}
+      lr: {value: 0.003}
+"""
+
+
+def test_builtin_experiment_on_synthetic_data_through_slurm(tmp_path: Path, slurm_cluster: Cluster) -> None:
+    from tests.wandb_files import read_offline_run
+
+    spec = _spec(tmp_path, EXPERIMENT, slurm_cluster)
+    run_cli(tmp_path, "launch", str(spec), "--plain", check=True, timeout=SAFETY_S)
+    trials = load_trials(tmp_path, "tiny-gender")
+    assert len(trials) == 1 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert t.user_attrs["orchestrate.remote"]["host"] == "slurm"
+        run_dir = Path(t.user_attrs["orchestrate.run_dir"])
+        run_dir = run_dir if run_dir.is_absolute() else tmp_path / run_dir
+        (wandb_run,) = sorted((run_dir / "wandb").glob("offline-run-*"))
+        run = read_offline_run(wandb_run)
+        epochs = [row["val/acc"] for row in run["history"] if "val/acc" in row]
+        assert epochs == [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        assert t.value == pytest.approx(
+            max(epochs)
+        )  # the study's value: the best epoch's, written by the job
+        assert (run_dir / "checkpoint_last.pt").exists()  # in the run dir itself: the shared filesystem
+    slurm_cluster.wait_empty()

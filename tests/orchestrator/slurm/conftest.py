@@ -117,6 +117,7 @@ AccountingStorageType=accounting_storage/none
 KillWait=5
 MessageTimeout=3
 MinJobAge=600
+DefMemPerCPU=500
 GresTypes=gpu
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000{gres} State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP PriorityTier=1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import subprocess
 import threading
 import time
@@ -45,6 +46,7 @@ _WRAP = (
     'printf \'%s{"event":"info","slurm_job_id":"%s","slurm_node":"%s"}\\n\' "$ORCHESTRATE_PREFIX" '
     '"$SLURM_JOB_ID" "$(hostname)"; unset ORCHESTRATE_PREFIX; exec "$@"'
 )
+_QUEUED = re.compile(r"srun: job (\d+) queued and waiting for resources")
 STATE_WAIT_S = 15.0  # after srun ended: how long to wait for slurmctld to settle the job's final state
 
 
@@ -105,6 +107,7 @@ class SlurmExecutor(Executor):
         self._lock = threading.Lock()
         self._live: dict[str, tuple[Job, subprocess.Popen[bytes]]] = {}
         self._ids: dict[str, str] = {}  # job key → Slurm job id, once the job started
+        self._stderr_at: dict[str, int] = {}  # job key → size of its stderr.log when srun started
         self._back: list[str] = []
         self.closed = False
 
@@ -138,6 +141,8 @@ class SlurmExecutor(Executor):
             stdout_log.close()
             raise
         job.started = time.time()
+        with contextlib.suppress(OSError):
+            self._stderr_at[job.key] = job.run_dir.stderr_log.stat().st_size
         try:
             argv, preexec = _dies_with_parent(self.command(job, spec, cwd), dict(os.environ), cwd)
             proc = subprocess.Popen(
@@ -191,6 +196,7 @@ class SlurmExecutor(Executor):
         with self._lock:
             self._live.pop(job.key, None)
             self._ids.pop(job.key, None)
+            self._stderr_at.pop(job.key, None)
         job.ended = time.time()
         if lost is not None:
             job.lost = lost
@@ -218,7 +224,7 @@ class SlurmExecutor(Executor):
 
     def _why_lost(self, job: Job, rc: int) -> str | None:
         """Whether the cluster took the job away (preempted, node failure, scancel): the reason, else None."""
-        job_id = self._ids.get(job.key)
+        job_id = self._ids.get(job.key) or self._queued_id(job)
         if rc == 0 or job.stopping is not None or job_id is None:
             return None
         deadline = time.monotonic() + STATE_WAIT_S
@@ -238,6 +244,17 @@ class SlurmExecutor(Executor):
                 "resumes from its checkpoint; raise slurm.time for longer trials",
             )
         return None
+
+    def _queued_id(self, job: Job) -> str | None:
+        """The id of a job that ended before it started (cancelled while queued): srun said it on stderr."""
+        try:
+            with open(job.run_dir.stderr_log, "rb") as fh:
+                fh.seek(self._stderr_at.get(job.key, 0))
+                text = fh.read(1 << 20).decode("utf-8", "replace")
+        except OSError:
+            return None
+        m = _QUEUED.search(text)
+        return m.group(1) if m else None
 
     def _note(self, job: Job, text: str) -> None:
         with contextlib.suppress(OSError), open(job.run_dir.stderr_log, "ab") as fh:

@@ -427,3 +427,38 @@ def test_builtin_experiment_on_synthetic_data_through_slurm(tmp_path: Path, slur
         )  # the study's value: the best epoch's, written by the job
         assert (run_dir / "checkpoint_last.pt").exists()  # in the run dir itself: the shared filesystem
     slurm_cluster.wait_empty()
+
+
+def test_job_cancelled_while_queued_goes_back_to_the_queue(tmp_path: Path, slurm_cluster: Cluster) -> None:
+    """Cancelled before it started (srun only said 'queued'): still not the trial's failure."""
+    env = {**os.environ, **slurm_cluster.env()}
+    blocker = subprocess.Popen(
+        ["srun", "-J", "blocker", f"--cpus-per-task={slurm_cluster.cpus}", "--mem=100", "sleep", "300"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    spec = _spec(
+        tmp_path, RESUME.replace("stall_after: {value: 3}", "stall_after: {value: 0}"), slurm_cluster
+    )
+    ctl, log = launch(tmp_path, spec, "launch.log")
+    try:
+        queued = until(
+            ctl,
+            log,
+            "queued job",
+            lambda: next(
+                (j for j, n, s in slurm_cluster.queue() if n.startswith("orch-") and s == "PENDING"), None
+            ),
+        )
+        slurm_cluster.run("scancel", queued)
+        until(ctl, log, "re-queue", lambda: "goes back to the queue" in log.read_text())
+        slurm_cluster.run("scancel", "--name", "blocker")
+        assert ctl.wait(timeout=SAFETY_S) == 0, log.read_text()
+    finally:
+        for proc in (ctl, blocker):
+            if proc.poll() is None:
+                proc.kill()
+    assert re.search(rf"slurm job {queued} \(orch-resume-\S+\) was cancelled", log.read_text())
+    (t,) = load_trials(tmp_path, "resume")
+    assert t.state == TrialState.COMPLETE and t.user_attrs["orchestrate.attempt"] == 1
+    assert t.value == pytest.approx(0.9 * (1 - 0.5**6))
+    slurm_cluster.wait_empty()

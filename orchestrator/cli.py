@@ -92,7 +92,8 @@ def launch(
         PlanFormat, typer.Option("--format", help="Plan format for --dry-run.")
     ] = PlanFormat.table,
     slots: Annotated[
-        str | None, typer.Option(help="auto, cpu:N, gpu:0,1, gpu:0x2 (default: the file's, else auto).")
+        str | None,
+        typer.Option(help="auto, cpu:N, gpu:0,1, gpu:0x2, hosts, slurm (default: the file's, else auto)."),
     ] = None,
     storage: Annotated[
         str | None,
@@ -207,14 +208,20 @@ def _launch(
     opts = LaunchOptions(
         storage=storage_opt or getattr(defaults, "storage", None) or "sqlite:///runs/orchestrate.db",
         runs_dir=runs_dir_opt or Path(getattr(defaults, "runs_dir", None) or "runs"),
-        slots=[] if slots_spec == "hosts" else parse_slots(slots_spec),  # hosts: only the remote boxes
+        # hosts: only the remote boxes; slurm: one job per trial on the cluster (defaults.slurm)
+        slots=[] if slots_spec in ("hosts", "slurm") else parse_slots(slots_spec),
         max_trials=max_trials,
         wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
         workers=workers,
         lease_s=lease or getattr(defaults, "lease", None) or DEFAULT_LEASE_S,
     )
     _check_writable(opts.runs_dir)
-    if getattr(defaults, "hosts", None):  # remote boxes: their slots too, local ones here, remote over ssh
+    if slots_spec == "slurm":
+        from orchestrator.executors.slurm import launch_setup
+
+        opts.slots, opts.slurm = launch_setup(defaults, specs)
+        opts.executor = "slurm"
+    elif getattr(defaults, "hosts", None):  # remote boxes: their slots too, local ones here, remote over ssh
         from orchestrator.hosts import inventory_slots
 
         remote_slots, notes = inventory_slots(defaults.hosts)
@@ -530,6 +537,44 @@ def hosts_check(
             for problem in r["problems"]:
                 typer.echo(f"  problem: {r['host']}: {problem}")
     raise typer.Exit(0 if all(r["ok"] for r in results) else 1)
+
+
+# ------------------------------------------------------------------------------------------------ slurm
+slurm_app = typer.Typer(
+    help="A Slurm cluster (slots: slurm, defaults.slurm in the sweep file).", no_args_is_help=True
+)
+app.add_typer(slurm_app, name="slurm")
+
+
+@slurm_app.command("check")
+def slurm_check(
+    file: Annotated[Path, typer.Argument(help="Sweep file whose defaults.slurm to check.")] = Path(
+        "sweeps.yaml"
+    ),
+    fmt: Annotated[PlanFormat, typer.Option("--format")] = PlanFormat.table,
+) -> None:
+    """Partitions, nodes, GPUs and time limits; and whether Slurm accepts a trial's job (srun --test-only)."""
+    from orchestrator import slurm as sl
+    from orchestrator.executors.slurm import srun_args
+    from orchestrator.spec import load_sweeps
+    from orchestrator.spec.model import SlurmSpec
+
+    try:
+        if not file.exists():
+            raise UsageError(f"{file}: no such sweep file", hint="pass the sweep file with the slurm: block")
+        spec = load_sweeps(file).defaults.slurm or SlurmSpec()
+        sl.require()
+        report = sl.check(spec, srun_args(spec))
+    except OrchestrateError as exc:
+        _fail(exc)
+        return
+    if fmt == PlanFormat.json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        typer.echo(sl.describe(report))
+        for problem in report["problems"]:
+            typer.echo(f"  problem: {problem}")
+    raise typer.Exit(0 if report["ok"] else 1)
 
 
 # set once a launch has finished: its controller closed its executor, storage and display, so the interpreter's

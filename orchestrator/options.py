@@ -23,6 +23,8 @@ class LaunchOptions:
     executor: str = "local"
     workers: str = "warm"  # warm: fork trials from a pre-imported worker per slot; fresh: a new process each
     hosts: tuple[Any, ...] = ()  # HostSpec of the remote slots (orchestrator/hosts.py)
+    # executor "slurm": sweep name → SlurmSpec ("" the defaults')
+    slurm: dict[str, Any] = field(default_factory=dict)
     lease_s: float = DEFAULT_LEASE_S  # a controller silent for longer is dead to the others (leases.py)
 
 

@@ -120,7 +120,7 @@ class Controller(Coordination):
         self.display = display
         self.events: queue.Queue[tuple[str, Job, Any]] = queue.Queue()
         self.executor = get_executor(
-            opts.executor, self.events, hosts=opts.hosts, warm=opts.workers == "warm"
+            opts.executor, self.events, hosts=opts.hosts, warm=opts.workers == "warm", slurm=opts.slurm
         )
         self._resting: dict[str, list[Slot]] = {}  # lost host → its slots, until it answers again
         self._prices = {

@@ -13,9 +13,14 @@ __all__ = ["Executor", "Job", "LocalExecutor", "get_executor"]
 
 
 def get_executor(
-    name: str, events: queue.Queue[tuple[str, Job, Any]], hosts: Any = (), warm: bool = False
+    name: str,
+    events: queue.Queue[tuple[str, Job, Any]],
+    hosts: Any = (),
+    warm: bool = False,
+    slurm: Any = None,
 ) -> Executor:
-    """``local``; ``ssh`` (remote hosts only) or ``routed`` (local slots here, remote ones over ssh).
+    """``local``; ``ssh`` (remote hosts only) or ``routed`` (local slots here, remote ones over ssh); ``slurm``
+    (one Slurm job per trial; ``slurm``: ``{sweep name: SlurmSpec}``, the launch's default under ``""``).
 
     ``warm``: local trials of ``python -m module`` commands fork from a pre-imported worker per slot (warm.py),
     with ``routed`` too; remote ones from a zygote daemon per host (orchestrator/remote.py).
@@ -26,10 +31,15 @@ def get_executor(
 
             return WarmExecutor(events)
         return LocalExecutor(events)
+    if name == "slurm":  # no warm start: each trial is a new job, on whichever node the queue gives
+        from orchestrator.executors.slurm import SlurmExecutor
+
+        specs = dict(slurm or {})
+        return SlurmExecutor(events, specs, specs.get(""))
     if name in ("local", "routed", "ssh"):
         from orchestrator.executors.ssh import RoutingExecutor, SSHExecutor
 
         if name == "ssh":
             return SSHExecutor(events, hosts, warm=warm)
         return RoutingExecutor(events, hosts, warm=warm)
-    raise UsageError(f"unknown executor {name!r}", hint="use 'local', 'ssh' or 'routed'")
+    raise UsageError(f"unknown executor {name!r}", hint="use 'local', 'ssh', 'routed' or 'slurm'")

@@ -27,6 +27,7 @@ from orchestrator.spec.model import (
     HostSpec,
     MetricSpec,
     PrunerSpec,
+    SlurmSpec,
     SweepFile,
     SweepSpec,
 )
@@ -49,6 +50,7 @@ DEFAULT_KEYS = (
     "data_root",
     "hosts",
     "lease",
+    "slurm",
 )
 WANDB_SWEEP_KEYS = (
     "name",
@@ -73,6 +75,7 @@ OUR_SWEEP_KEYS = (
     "depends_on",
     "init_from",
     "on_oom",
+    "slurm",
 )
 SWEEP_KEYS = WANDB_SWEEP_KEYS + OUR_SWEEP_KEYS
 #: W&B keys that only mean something to W&B's cloud/launch: accepted, ignored, noticed
@@ -120,7 +123,7 @@ ENVVAR = re.compile(r"\$\{envvar:([A-Za-z_][A-Za-z0-9_]*)\}")
 _MACRO = re.compile(r"^\$\{([^}]*)\}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _EXPERIMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SLOTS = re.compile(r"^(auto|hosts|cpu:[1-9]\d*|gpu:(all|\d+)(x[1-9]\d*)?(,\d+(x[1-9]\d*)?)*)$")
+_SLOTS = re.compile(r"^(auto|hosts|slurm|cpu:[1-9]\d*|gpu:(all|\d+)(x[1-9]\d*)?(,\d+(x[1-9]\d*)?)*)$")
 _MAX_GRID_AXIS = 1_000_000
 
 # distribution -> the settings it takes (besides ``distribution``)
@@ -373,7 +376,8 @@ def _parse_defaults(ctx: _Ctx, raw: Any, line: int | None) -> Defaults:
             f"invalid slots '{slots}'",
             d.line_of("slots"),
             "defaults.slots",
-            hint="use auto, cpu:N, gpu:0,1 (GPU ids), gpu:0x2 (2 trials on GPU 0) or hosts (only defaults.hosts)",
+            hint="use auto, cpu:N, gpu:0,1 (GPU ids), gpu:0x2 (2 trials on GPU 0), hosts (only defaults.hosts) "
+            "or slurm (jobs on a Slurm cluster, see defaults.slurm)",
         )
     storage = ctx.string(d, "storage", "defaults") or base.storage
     runs_dir = ctx.string(d, "runs_dir", "defaults") or base.runs_dir
@@ -399,6 +403,7 @@ def _parse_defaults(ctx: _Ctx, raw: Any, line: int | None) -> Defaults:
         data_root=ctx.string(d, "data_root", "defaults"),
         hosts=_parse_hosts(ctx, d) if d.get("hosts") is not None else (),
         lease=base.lease if lease is None else float(lease),
+        slurm=_parse_slurm(ctx, d, "defaults", None) if d.get("slurm") is not None else None,
     )
 
 
@@ -560,6 +565,9 @@ def _parse_sweep(
         init_from=init_from,
         key=prefix or None,
         on_oom=on_oom or "retry",
+        slurm=(
+            _parse_slurm(ctx, d, prefix, defaults.slurm) if d.get("slurm") is not None else defaults.slurm
+        ),
     )
 
 
@@ -1113,3 +1121,121 @@ def _parse_hosts(ctx: _Ctx, d: LineDict) -> tuple[HostSpec, ...]:
             )
         )
     return tuple(hosts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+SLURM_KEYS = (
+    "partition",
+    "account",
+    "qos",
+    "time",
+    "gres",
+    "cpus_per_trial",
+    "mem_per_trial",
+    "max_concurrent",
+    "srun_flags",
+)
+_SLURM_WORD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,:+-]*$")
+_SLURM_TIME = re.compile(
+    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|infinite|unlimited)$"
+)
+_SLURM_GRES = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_-]*(:[A-Za-z0-9_.-]+)*(,[A-Za-z_][A-Za-z0-9_-]*(:[A-Za-z0-9_.-]+)*)*$"
+)
+_SLURM_MEM = re.compile(r"^[1-9]\d*[KMGT]?$")
+#: set by orchestrate for every trial's job: a flag of srun_flags must not change them
+_SLURM_OWN = ("-J", "--job-name", "--comment", "-o", "--output", "-i", "--input", "-D", "--chdir")
+
+
+def _parse_slurm(ctx: _Ctx, d: LineDict, prefix: str, base: SlurmSpec | None) -> SlurmSpec:
+    """``slurm:`` in ``defaults`` (``base`` None) or in a sweep (over ``base``, the defaults' block)."""
+    key = _key(prefix, "slurm")
+    s = ctx.mapping(d["slurm"], d.line_of("slurm"), key, f"'{key}'")
+    ctx.unknown_keys(s, SLURM_KEYS, key, "'slurm'")
+    out = base or SlurmSpec()
+    changes: dict[str, Any] = {"line": s.line or d.line_of("slurm")}
+    for k in ("partition", "account", "qos"):
+        if k in s:
+            value = ctx.string(s, k, key)
+            if value is not None and not _SLURM_WORD.match(value):
+                ctx.fail(f"invalid {k} {value!r}", s.line_of(k), f"{key}.{k}", hint="a Slurm name: no spaces")
+            changes[k] = value
+    if "time" in s and s["time"] is not None:
+        raw = s["time"]
+        text = str(plain(raw)).strip().lower()
+        if isinstance(raw, bool) or not _SLURM_TIME.match(text):
+            ctx.fail(
+                f"invalid time limit {raw!r}",
+                s.line_of("time"),
+                f"{key}.time",
+                hint="Slurm's --time: minutes (90), HH:MM:SS (01:30:00) or D-HH:MM:SS (1-12:00:00)",
+            )
+        changes["time"] = text
+    if "gres" in s:
+        raw = s["gres"]
+        if raw is None or raw is False or (isinstance(raw, str) and raw.strip().lower() in ("none", "")):
+            changes["gres"] = None
+        elif not isinstance(raw, str) or not _SLURM_GRES.match(raw.strip()):
+            ctx.fail(
+                f"invalid gres {raw!r}",
+                s.line_of("gres"),
+                f"{key}.gres",
+                hint="per trial, e.g. gpu:1, gpu:a100:1 or gpu:1,shard:2; 'none' for CPU-only trials",
+            )
+        else:
+            changes["gres"] = raw.strip()
+    if "cpus_per_trial" in s:
+        changes["cpus_per_trial"] = ctx.integer(s, "cpus_per_trial", key, minimum=1)
+    if "mem_per_trial" in s and s["mem_per_trial"] is not None:
+        raw = s["mem_per_trial"]
+        text = str(plain(raw)).strip().upper().removesuffix("B")
+        if isinstance(raw, bool) or not _SLURM_MEM.match(text):
+            ctx.fail(
+                f"invalid memory {raw!r}",
+                s.line_of("mem_per_trial"),
+                f"{key}.mem_per_trial",
+                hint="Slurm's --mem: 16G, 4000M, or a number of megabytes",
+            )
+        changes["mem_per_trial"] = text
+    if "max_concurrent" in s:
+        if base is not None:
+            ctx.fail(
+                "max_concurrent is one number for the whole launch",
+                s.line_of("max_concurrent"),
+                f"{key}.max_concurrent",
+                hint="set it in defaults.slurm",
+            )
+        n = ctx.integer(s, "max_concurrent", key, minimum=1)
+        if n is not None:
+            changes["max_concurrent"] = n
+    if "srun_flags" in s and s["srun_flags"] is not None:
+        raw = s["srun_flags"]
+        flags: list[str]
+        if isinstance(raw, str):
+            try:
+                flags = shlex.split(raw)
+            except ValueError as exc:
+                ctx.fail(f"cannot split srun_flags: {exc}", s.line_of("srun_flags"), f"{key}.srun_flags")
+        elif isinstance(raw, LineList) and all(isinstance(x, (str, int, float)) for x in raw):
+            flags = [str(plain(x)) for x in raw]
+        else:
+            ctx.fail(
+                f"srun_flags must be a list of flags or one line, not {_kind(raw)}",
+                s.line_of("srun_flags"),
+                f"{key}.srun_flags",
+                hint='e.g. srun_flags: ["--constraint=a100", "--exclusive"]',
+            )
+        for flag in flags:
+            name = flag.split("=", 1)[0]
+            if name in _SLURM_OWN or (name.startswith("-J") and not name.startswith("--")):
+                ctx.fail(
+                    f"srun_flags: {flag!r} is set by orchestrate for every trial",
+                    s.line_of("srun_flags"),
+                    f"{key}.srun_flags",
+                    hint="job names and comments identify the launch's jobs (orphans are found by them); "
+                    "remove the flag",
+                )
+        changes["srun_flags"] = tuple(flags)
+    from dataclasses import replace
+
+    return replace(out, **changes)

@@ -13,6 +13,7 @@ __all__ = [
     "Defaults",
     "HostSpec",
     "MetricSpec",
+    "SlurmSpec",
     "PrunerSpec",
     "SweepFile",
     "SweepSpec",
@@ -38,6 +39,7 @@ class Defaults:
     retries: int = 1
     data_root: str | None = None
     hosts: tuple[HostSpec, ...] = ()  # remote boxes (``defaults.hosts:``), reached with the system ssh
+    slurm: SlurmSpec | None = None  # ``defaults.slurm:``: how trials are submitted with ``slots: slurm``
     lease: float = (
         DEFAULT_LEASE_S  # seconds: a controller whose heartbeat is older is dead to the others (leases.py)
     )
@@ -60,6 +62,32 @@ class HostSpec:
     labels: tuple[str, ...] = ()
     data_roots: tuple[str, ...] = ()  # dataset roots that must exist there (hosts check)
     line: int | None = None
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """``slurm:`` (in ``defaults``, or per sweep over the defaults): what each trial asks Slurm for.
+
+    One trial is one Slurm job started with ``srun`` (orchestrator/executors/slurm.py). ``None`` leaves a
+    setting to the cluster's defaults. ``gres=None`` asks for no GPU (CPU-only trials)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None  # Slurm's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+    gres: str | None = "gpu:1"  # per trial; None: no GPU
+    cpus_per_trial: int | None = None
+    mem_per_trial: str | None = None  # Slurm's --mem: 4G, 16000M, 500 (MB)
+    max_concurrent: int = 4  # trials queued or running at once (the number of slurm slots)
+    srun_flags: tuple[str, ...] = ()  # anything else, passed to srun as written
+    line: int | None = None
+
+    @property
+    def gpus(self) -> bool:
+        """Whether a trial gets GPUs (Slurm then sets CUDA_VISIBLE_DEVICES itself)."""
+        return self.gres is not None and any(
+            part.split(":")[0] == "gpu" for part in self.gres.split(",") if part
+        )
 
 
 @dataclass(frozen=True)
@@ -136,6 +164,7 @@ class SweepSpec:
     init_from: int | None = None  # start from the parent's best (1) or top-k checkpoints
     key: str | None = field(default=None, compare=False)  # its key path in the file, e.g. "sweeps[2]"
     on_oom: str = "retry"  # a CUDA out-of-memory crash: retry as is, or with half the batch_size
+    slurm: SlurmSpec | None = None  # ``slurm:`` of the sweep over ``defaults.slurm`` (used with slots: slurm)
 
     @property
     def early_terminate(self) -> PrunerSpec | None:

@@ -78,7 +78,9 @@ class LRSchedule:
         kind = cfg.schedule
         if kind == "onecycle":  # has its own warm-up phase
             return self._onecycle(step)
-        if kind == "step":
+        if kind == "step" and getattr(cfg, "step_iters", None):
+            f = cfg.gamma ** (step // cfg.step_iters)  # Caffe's "step" policy: every stepsize iterations
+        elif kind == "step":
             f = cfg.gamma ** (epoch // cfg.step_size)
         elif kind == "multistep":
             f = cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)

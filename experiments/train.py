@@ -47,7 +47,7 @@ if cfg.data_root is None and trial.get("data_root"):
     base = Path(trial["data_root"]).expanduser()
     cfg.data_root = str(base / cfg.dataset) if (base / cfg.dataset).is_dir() else str(base)
 if cfg.seed is None:
-    cfg.seed = int(trial.get("seed") or 0)
+    cfg.seed = int(trial["seed"]) if isinstance(trial.get("seed"), int) else 42
 metric_spec = trial.get("metric") or {}
 task_names = config_mod.active_tasks(cfg)
 metric_name = metric_spec.get("name") or config_mod.default_metric(cfg)
@@ -155,6 +155,11 @@ try:
     net = backbones.create_backbone(
         cfg.backbone, T.head_sizes(tasks), pretrained=cfg.pretrained, **backbone_kwargs
     )
+    from_file = isinstance(cfg.pretrained, str) and cfg.pretrained.strip().lower() not in (
+        "true", "yes", "1", "false", "none", "no", "0",
+    )  # fmt: skip
+    if from_file and not cfg.pretrained_heads:  # fine-tuning: the trunk from the file, fresh heads
+        net = backbones.replace_heads(net, T.head_sizes(tasks))
     if cfg.freeze != "none":
         backbones.freeze(net, cfg.freeze)
 except (
@@ -174,11 +179,16 @@ model = T.TaskModel(net, tasks, greyscale=cfg.greyscale, mean=mean, std=std).to(
     device=device, memory_format=memory_format
 )
 groups = backbones.param_groups(
-    net, lr=cfg.lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay
+    net,
+    lr=cfg.lr,
+    backbone_lr_mult=cfg.backbone_lr_mult,
+    weight_decay=cfg.weight_decay,
+    head_lr_mult=cfg.head_lr_mult,
+    bias_lr_mult=cfg.bias_lr_mult,
 )
 coral_params = [p for p in model.coral.parameters() if p.requires_grad]
 if coral_params:
-    groups.append({"params": coral_params, "lr": cfg.lr, "weight_decay": 0.0})
+    groups.append({"params": coral_params, "lr": cfg.lr * cfg.head_lr_mult, "weight_decay": 0.0})
 optimizer = build_optimizer(cfg, groups)
 head_group = next(  # the group whose lr is reported (the heads'; param groups may scale the trunk's)
     (i for i, g in enumerate(optimizer.param_groups) if g.get("name", "").startswith("head")), -1
@@ -187,7 +197,55 @@ fwd = torch.compile(model) if cfg.compile else model
 n_params = sum(p.numel() for p in model.parameters())
 print(f"model: {cfg.backbone} ({n_params / 1e6:.2f} M params), {image_size} px, device {device}")
 
-images = datasets.decoded(ds, image_size)  # (N, H, W, 3) uint8, decoded once per host and shared
+# Levi–Hassner geometry: faces stored at crop_from (256 for 227) and cropped, never rescaled, so training
+# (random crops), validation (centre crop) and the 10-crop test all see faces at one scale
+stored_size = image_size
+if cfg.random_crop:
+    stored_size = cfg.crop_from or round(image_size * 256 / 227)
+    if stored_size <= image_size:
+        print(
+            f"error: crop_from: {stored_size} must be larger than the input size {image_size} (image_size)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    print(
+        f"input: faces at {stored_size} px; random {image_size} px crops (train), the centre crop (val)"
+        + (", 10 crops (test)" if cfg.oversample_test else ", the centre crop (test)")
+    )
+try:
+    images = datasets.decoded(ds, stored_size)  # (N, H, W, 3) uint8, decoded once per host and shared
+except OrchestrateError as exc:  # DataError: too many undecodable images
+    print(f"error: {exc.render()}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+# images that are missing or cannot be decoded are rows of zeros in the cache: never train or test on them
+bad_mask = np.asarray(ds.info.get("bad_mask", np.zeros(len(ds), dtype=bool)), dtype=bool)
+if bad_mask.any():
+    dropped = {}
+    for name in ("train", "val", "test"):
+        idx = train_idx if name == "train" else splits[name]
+        keep = ~bad_mask[idx]
+        dropped[name] = int((~keep).sum())
+        if name == "train":
+            train_idx = idx[keep]
+        else:
+            splits[name] = idx[keep]
+    n_bad = sum(dropped.values())
+    print(
+        f"data: dropped {n_bad} undecodable images ("
+        + ", ".join(f"{k} {v}" for k, v in dropped.items())
+        + f"; {int(bad_mask.sum())} in the whole dataset, e.g. "
+        + ", ".join(str(ds.paths[i]) for i in np.flatnonzero(bad_mask)[:3])
+        + ")"
+    )
+    print(
+        f"data: {cfg.dataset} at {root}: train {len(train_idx)}, val {len(splits['val'])}, "
+        f"test {len(splits['test'])}"
+    )
+    protocol.emit("info", undecodable_images=n_bad, undecodable_by_split=dropped)
+    for name, idx in (("train", train_idx), ("val", splits["val"]), ("test", splits["test"])):
+        if len(idx) == 0:
+            print(f"error: the {name} split is empty once undecodable images are dropped", file=sys.stderr)
+            sys.exit(2)
 augment = None
 if cfg.augment:
     augment = Augment(
@@ -200,7 +258,9 @@ if cfg.augment:
         contrast=cfg.contrast,
     )
 primary = next((t for t in tasks if t.kind != "regression"), None)
-loader_kw = {"device": device, "mean": mean, "std": std, "tasks": [t.name for t in tasks]}
+loader_kw: dict[str, Any] = {"device": device, "mean": mean, "std": std, "tasks": [t.name for t in tasks]}
+if cfg.random_crop:  # every loader takes an image_size window of the stored faces (random when training)
+    loader_kw.update(input_size=image_size, crop="random")
 train_loader = DeviceLoader(
     images,
     targets,
@@ -237,10 +297,10 @@ def evaluate(
     m.eval()
     outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
     with torch.no_grad(), autocast:
-        size = (
-            round(image_size * 256 / 227) if oversample_test else image_size
-        )  # Levi-Hassner: 227 crops of 256
-        for x, _ in DeviceLoader(images, targets, idx, eval_bs, input_size=size, **loader_kw):
+        kw = dict(loader_kw)
+        if oversample_test:  # Levi–Hassner: the whole stored face (256), cropped 10 times at image_size (227)
+            kw.update(input_size=stored_size, crop=None)
+        for x, _ in DeviceLoader(images, targets, idx, eval_bs, **kw):
             if oversample_test:  # 4 corners + centre and their mirrors, probabilities averaged
                 out = T.average_outputs(
                     m(oversample(x, image_size).contiguous(memory_format=memory_format)), tasks, 10
@@ -371,7 +431,7 @@ for epoch in range(start_epoch, cfg.epochs):
         **val,
         "train/loss": train_loss,
         "train/img_s": n_seen / max(train_s, 1e-9),  # training throughput (images/s, sync at epoch end)
-        "lr": optimizer.param_groups[head_group]["lr"],
+        "lr": optimizer.param_groups[head_group]["lr"] / (cfg.head_lr_mult or 1.0),  # the schedule's lr
         "epoch_time": time.time() - t0,
     }
     history.append({"epoch": epoch + 1, "metrics": metrics})

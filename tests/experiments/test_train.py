@@ -196,6 +196,7 @@ def test_multitask_options_and_pretrained_trunk(
         "loss_weights": {"coral": 1, "gender": 2, "age": 1},
         "pretrained": str(gender_run[0].checkpoint_best),
         "oversample_test": True,
+        "random_crop": True,
         "swa": True,
         "swa_start": 1,
         "weighted_sampler": True,
@@ -281,3 +282,62 @@ def test_utkface_ethnicity_early_stopping_and_data_options(env: dict[str, str], 
     assert s["best_epoch"] == 1 and s["epochs_run"] == 2 and "test/acc" in s
     n_train = int(re.search(r"data: utkface at \S+: train (\d+)", out).group(1))
     assert 0 < n_train <= 0.5 * 0.6 * TINY["synthetic_limit"] + 1  # data_fraction of the 60 % train split
+
+
+@pytest.mark.parametrize("pretrained_heads", [False, True])
+def test_frozen_backbone_keeps_trunk_and_norm_stats_and_replaces_heads(
+    gender_run: tuple[RunDir, list[dict[str, Any]]],
+    env: dict[str, str],
+    tmp_path: Path,
+    pretrained_heads: bool,
+) -> None:
+    """Fine-tuning with `freeze: backbone` from a checkpoint: after an epoch every trunk tensor, BatchNorm running
+    statistics included, is bit-for-bit the checkpoint's; the heads are fresh (replaced) unless
+    `pretrained_heads: true`."""
+    src = torch.load(gender_run[0].checkpoint_best, map_location="cpu", weights_only=False)["model"]
+    params = {
+        **TINY,
+        "task": "gender",
+        "pretrained": str(gender_run[0].checkpoint_best),
+        "pretrained_heads": pretrained_heads,
+        "freeze": "backbone",
+        "epochs": 1,
+        "lr": 1e-9,  # the heads barely move: what is left is how they were initialised
+        "augment": False,
+    }
+    rd = make_run(tmp_path / "00009", params)
+    rc, _, out = train(rd, env, WANDB_MODE="disabled")
+    assert rc == 0, out
+    got = torch.load(rd.checkpoint_best, map_location="cpu", weights_only=False)["model"]
+    assert got.keys() == src.keys()
+    trunk = [k for k in src if not k.startswith("head.")]
+    assert any("running_mean" in k for k in trunk)
+    for k in trunk:
+        assert torch.equal(got[k], src[k]), k
+    head_diff = max(float((got[k] - src[k]).abs().max()) for k in src if k.startswith("head."))
+    if pretrained_heads:
+        assert head_diff < 1e-6
+    else:
+        assert head_diff > 1e-3
+
+
+def test_undecodable_images_are_dropped_and_counted(env: dict[str, str], tmp_path: Path) -> None:
+    """A corrupt JPEG in the real Adience layout is left out of training and evaluation (not a black frame),
+    and the trial's log says how many were dropped from which split."""
+    from datasets import open_dataset
+    from datasets.synth import synthesize
+
+    root = synthesize("adience", tmp_path / "adience", limit=240, size=32, seed=5)
+    ds = open_dataset("adience", root)
+    splits = ds.split(test_fold=0, val_fraction=0.1, seed=0, require="gender")
+    broken = [int(splits["train"][3]), int(splits["train"][10]), int(splits["test"][0])]
+    for i in broken:
+        ds.abspath(i).write_bytes(b"\xff\xd8\xff\xe0 truncated, not a JPEG")
+    rd = make_run(tmp_path / "00010", {**TINY, "task": "gender", "data_root": str(root), "epochs": 1})
+    rc, events, out = train(rd, env, WANDB_MODE="disabled")
+    assert rc == 0, out
+    n = {k: len(v) for k, v in splits.items()}
+    assert f"train {n['train'] - 2}, val {n['val']}, test {n['test'] - 1}" in out
+    assert "dropped 3 undecodable images (train 2, val 0, test 1;" in out
+    info = [e for e in of(events, "info") if "undecodable_images" in e]
+    assert info and info[0]["undecodable_images"] == 3

@@ -128,3 +128,19 @@ def test_until_freezes_only_the_norms_it_covers() -> None:
     freeze(m, "none")  # re-freezing from scratch releases them
     m.train()
     assert all(mod.training for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+
+
+def test_caffe_lr_multipliers_per_parameter() -> None:
+    """Levi–Hassner's solver: biases at 2× their layer's lr, the last layer (the heads) at 10×."""
+    m = create_backbone("levi_hassner", {"gender": 2, "age_group": 8}, img_size=64)
+    groups = param_groups(
+        m, lr=1e-3, weight_decay=5e-4, head_lr_mult=10, bias_lr_mult=2, backbone_lr_mult=0.5
+    )
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert len(lr_of) == len(list(m.parameters()))
+    for n, p in m.named_parameters():
+        want = 1e-3 * (10 if n.startswith("head.") else 0.5) * (2 if n.endswith(".bias") else 1)
+        assert lr_of[id(p)] == pytest.approx(want, rel=1e-12), n
+        assert wd_of[id(p)] == (0.0 if p.ndim == 1 else 5e-4), n
+    assert {g["name"] for g in groups} == {"backbone", "backbone_bias_no_decay", "head", "head_bias_no_decay"}

@@ -223,6 +223,8 @@ def test_multitask_options_and_pretrained_trunk(
     rd = make_run(tmp_path / "00002", params, {"name": "val/mae", "goal": "minimize"})
     rc, events, out = train(rd, env, WANDB_MODE="disabled")
     assert rc == 0, out
+    # Levi–Hassner geometry: faces stored at round(32 * 256 / 227) = 36 px, cropped (never rescaled) to 32
+    assert "input: faces at 36 px; random 32 px crops (train), the centre crop (val), 10 crops (test)" in out
     assert not (rd.path / "wandb").exists()
     m = of(events, "metrics")[0]["metrics"]
     assert set(m) == {

@@ -66,6 +66,7 @@ import torch  # noqa: E402
 import backbones  # noqa: E402
 import datasets  # noqa: E402
 from datasets.pipeline import Augment, DeviceLoader, oversample  # noqa: E402
+from experiments import determinism  # noqa: E402
 from experiments import metrics as M  # noqa: E402
 from experiments import tasks as T  # noqa: E402
 from experiments.optim import SWA, LRSchedule, build_optimizer  # noqa: E402
@@ -76,10 +77,8 @@ np.random.seed(cfg.seed % 2**32)
 torch.manual_seed(cfg.seed)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 cuda = device.type == "cuda"
-if cfg.deterministic:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
+if cfg.deterministic:  # every op deterministic, or a refusal naming the one that is not (below)
+    determinism.enable(cuda)
 elif cuda:
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -394,91 +393,103 @@ protocol.emit("info", wandb_run=logger.run_path, device=str(device), epochs=cfg.
 # ---------------------------------------------------------------------------------------------------------
 # training
 bad_epochs = 0 if best["epoch"] is None else (start_epoch - best["epoch"])
-for epoch in range(start_epoch, cfg.epochs):
-    if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
-        print(f"early stop: no better {metric_name} for {bad_epochs} epochs")
-        break
-    t0 = time.time()
-    model.train()
-    swa_on = swa is not None and swa.on(epoch)
-    schedule.active = not swa_on
-    total = torch.zeros((), device=device)  # summed on the device: no host sync per step
-    n_seen = 0
-    train_loader.epoch = epoch  # the epoch's order is seeded by (seed, epoch): reproducible and resumable
-    for step, (x, y) in enumerate(train_loader):
-        if step >= steps_per_epoch:
+
+
+def _refused(message: str) -> None:
+    logger.finish({"error": message}, exit_code=2)
+
+
+with determinism.refuse_nondeterministic(str(device), cfg.backbone, _refused):
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
+            print(f"early stop: no better {metric_name} for {bad_epochs} epochs")
             break
-        x = x.contiguous(memory_format=memory_format)
-        lr = schedule.step(global_step)
-        with autocast:
-            out = fwd(x)
-        loss, _ = T.compute_loss(out, y, tasks, **loss_kw)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        global_step += 1
-        total += loss.detach().float() * len(x)
-        n_seen += len(x)
-    train_loss = float(total) / max(1, n_seen)  # waits for the epoch's queued GPU work
-    train_s = time.time() - t0
-    if swa_on:
-        swa.epoch_end(model)
-    val, _ = evaluate(fwd, splits["val"], "val")
-    schedule.epoch_end(val.get("val/loss"))
-    metrics = {
-        **val,
-        "train/loss": train_loss,
-        "train/img_s": n_seen / max(train_s, 1e-9),  # training throughput (images/s, sync at epoch end)
-        "lr": optimizer.param_groups[head_group]["lr"] / (cfg.head_lr_mult or 1.0),  # the schedule's lr
-        "epoch_time": time.time() - t0,
-    }
-    history.append({"epoch": epoch + 1, "metrics": metrics})
-    logger.log(epoch + 1, metrics)  # queued first: a prune decision (SIGTERM) may follow the report at once
-    protocol.report(epoch + 1, reported(metrics))
-    improved = M.is_better(metrics[metric_name], best["value"], goal)
-    if improved:
-        best = {"value": metrics[metric_name], "epoch": epoch + 1, "metrics": metrics}
-        bad_epochs = 0
-        if cfg.save_best:
-            # "model" holds the backbone's own keys, so `pretrained: <run>/checkpoint_best.pt` loads it
-            # written aside and renamed: a copy taken meanwhile (remote sync) is never torn
-            tmp_best = rd.checkpoint_best.with_suffix(".pt.tmp")
-            torch.save(
-                {
-                    "model": net.state_dict(),
-                    "coral": model.coral.state_dict(),
-                    "epoch": epoch,
-                    "metric": metric_name,
-                    "value": best["value"],
-                    "config": config_mod.to_dict(cfg),
-                    "tasks": T.describe(tasks),
-                },
-                tmp_best,
-            )
-            os.replace(tmp_best, rd.checkpoint_best)
-    else:
-        bad_epochs += 1
-    ck = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "swa": swa.state_dict() if swa else None,
-        "epoch": epoch,
-        "global_step": global_step,
-        "history": history,
-        "best": best,
-        "rng": rng_state(),
-        "config": config_mod.to_dict(cfg),
-    }
-    tmp = rd.checkpoint_last.with_suffix(".pt.tmp")
-    torch.save(ck, tmp)
-    os.replace(tmp, rd.checkpoint_last)
-    protocol.checkpoint(epoch + 1, rd.checkpoint_last.name)  # a remote trial's controller copies it back now
-    print(
-        f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in reported(metrics).items())
-    )
+        t0 = time.time()
+        model.train()
+        swa_on = swa is not None and swa.on(epoch)
+        schedule.active = not swa_on
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per step
+        n_seen = 0
+        train_loader.epoch = epoch  # the epoch's order is seeded by (seed, epoch): reproducible and resumable
+        for step, (x, y) in enumerate(train_loader):
+            if step >= steps_per_epoch:
+                break
+            x = x.contiguous(memory_format=memory_format)
+            lr = schedule.step(global_step)
+            with autocast:
+                out = fwd(x)
+            loss, _ = T.compute_loss(out, y, tasks, **loss_kw)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            global_step += 1
+            total += loss.detach().float() * len(x)
+            n_seen += len(x)
+        train_loss = float(total) / max(1, n_seen)  # waits for the epoch's queued GPU work
+        train_s = time.time() - t0
+        if swa_on:
+            swa.epoch_end(model)
+        val, _ = evaluate(fwd, splits["val"], "val")
+        schedule.epoch_end(val.get("val/loss"))
+        metrics = {
+            **val,
+            "train/loss": train_loss,
+            "train/img_s": n_seen / max(train_s, 1e-9),  # training throughput (images/s, sync at epoch end)
+            "lr": optimizer.param_groups[head_group]["lr"] / (cfg.head_lr_mult or 1.0),  # the schedule's lr
+            "epoch_time": time.time() - t0,
+        }
+        history.append({"epoch": epoch + 1, "metrics": metrics})
+        logger.log(
+            epoch + 1, metrics
+        )  # queued first: a prune decision (SIGTERM) may follow the report at once
+        protocol.report(epoch + 1, reported(metrics))
+        improved = M.is_better(metrics[metric_name], best["value"], goal)
+        if improved:
+            best = {"value": metrics[metric_name], "epoch": epoch + 1, "metrics": metrics}
+            bad_epochs = 0
+            if cfg.save_best:
+                # "model" holds the backbone's own keys, so `pretrained: <run>/checkpoint_best.pt` loads it
+                # written aside and renamed: a copy taken meanwhile (remote sync) is never torn
+                tmp_best = rd.checkpoint_best.with_suffix(".pt.tmp")
+                torch.save(
+                    {
+                        "model": net.state_dict(),
+                        "coral": model.coral.state_dict(),
+                        "epoch": epoch,
+                        "metric": metric_name,
+                        "value": best["value"],
+                        "config": config_mod.to_dict(cfg),
+                        "tasks": T.describe(tasks),
+                    },
+                    tmp_best,
+                )
+                os.replace(tmp_best, rd.checkpoint_best)
+        else:
+            bad_epochs += 1
+        ck = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "swa": swa.state_dict() if swa else None,
+            "epoch": epoch,
+            "global_step": global_step,
+            "history": history,
+            "best": best,
+            "rng": rng_state(),
+            "config": config_mod.to_dict(cfg),
+        }
+        tmp = rd.checkpoint_last.with_suffix(".pt.tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, rd.checkpoint_last)
+        protocol.checkpoint(
+            epoch + 1, rd.checkpoint_last.name
+        )  # a remote trial's controller copies it back now
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: "
+            + " ".join(f"{k}={v:.4g}" for k, v in reported(metrics).items())
+        )
 
 # ---------------------------------------------------------------------------------------------------------
 # the final model, test metrics, summary
@@ -490,7 +501,8 @@ elif cfg.save_best and rd.checkpoint_best.exists():
     best_ck = torch.load(rd.checkpoint_best, map_location="cpu", weights_only=False)
     net.load_state_dict(best_ck["model"])
     model.coral.load_state_dict(best_ck["coral"])
-test, test_preds = evaluate(final, splits["test"], "test", oversample_test=cfg.oversample_test)
+with determinism.refuse_nondeterministic(str(device), cfg.backbone, _refused):
+    test, test_preds = evaluate(final, splits["test"], "test", oversample_test=cfg.oversample_test)
 summary: dict[str, Any] = {k: v for k, v in reported(best["metrics"]).items() if k.startswith("val/")}
 summary.update({"best_epoch": best["epoch"], "epochs_run": len(history), metric_name: best["value"]})
 val_final, val_preds = evaluate(final, splits["val"], "val_swa" if swa_used else "val")

@@ -343,3 +343,22 @@ def test_undecodable_images_are_dropped_and_counted(env: dict[str, str], tmp_pat
     assert "dropped 3 undecodable images (train 2, val 0, test 1;" in out
     info = [e for e in of(events, "info") if "undecodable_images" in e]
     assert info and info[0]["undecodable_images"] == 3
+
+
+def test_deterministic_runs_reproduce_bit_for_bit(env: dict[str, str], tmp_path: Path) -> None:
+    """Two runs with deterministic: true and the same seed report identical values (every epoch, the summary)."""
+    params = {
+        **TINY,
+        "task": "age_group",
+        "deterministic": True,
+        "seed": 11,
+        "crop_scale": 0.8,
+        "rotate": 5.0,
+    }
+    runs = []
+    for name in ("00020", "00021"):
+        rd = make_run(tmp_path / name, params)
+        rc, events, out = train(rd, env, WANDB_MODE="disabled")
+        assert rc == 0, out
+        runs.append([(e["event"], e.get("metrics")) for e in events if e["event"] in ("metrics", "summary")])
+    assert runs[0] == runs[1] and len(runs[0]) == 3

@@ -49,10 +49,14 @@ class TrainConfig:
     dataset_args: dict[str, Any] = field(default_factory=dict)  # other loader options (open_dataset **opts)
     fold: int = 0  # Adience: the held-out test fold (subject-exclusive 5-fold protocol)
     val_fraction: float = 0.1  # Adience: user-exclusive validation share of the training folds
-    split_fractions: list[float] | None = (
-        None  # UTKFace: train/val/test fractions (loader default 0.7/0.1/0.2)
-    )
+    # UTKFace: train/val/test fractions (loader default 0.7/0.1/0.2); CelebA: a seeded random split instead of
+    # the official partition (the MobileNetV2 report's 90:10: [0.81, 0.09, 0.1])
+    split_fractions: list[float] | None = None
     split_seed: int = 0  # seed of the val/test split: fixed, so every trial sees the same test set
+    # UTKFace: a published fixed split instead ("coral": CORAL's train/test lists, val from train)
+    split_lists: str | None = None
+    age_range: list[int] | None = None  # [lo, hi] inclusive: only these ages (CORAL: [21, 60]); with task
+    # coral/age_group and no age_bins, one class (rank) per year, and coral reports MAE in years (val/mae)
     age_mapping: str | None = None  # how raw age labels map to groups (datasets' label schemes)
     age_bins: list[float] | None = None  # bin edges for age_group/coral from numeric ages (UTKFace style)
     synthetic_limit: int = 600  # images per synthetic dataset (data_root null)
@@ -325,6 +329,17 @@ def _check(cfg: TrainConfig, file: Any, line: int | None) -> None:
     for key in ("weight_decay", "warmup_epochs", "rotate", "brightness", "contrast"):
         if getattr(cfg, key) < 0:
             bad(key, f"must be >= 0, got {getattr(cfg, key)!r}")
+    if cfg.split_lists is not None and (cfg.dataset != "utkface" or cfg.split_lists != "coral"):
+        bad("split_lists", f"only 'coral' (UTKFace: CORAL's fixed train/test lists), got {cfg.split_lists!r} "
+            f"on {cfg.dataset}")  # fmt: skip
+    if cfg.split_lists is not None and cfg.split_fractions is not None:
+        bad("split_fractions", "give split_lists or split_fractions, not both")
+    if cfg.age_range is not None and (
+        len(cfg.age_range) != 2 or not 0 <= cfg.age_range[0] < cfg.age_range[1]
+    ):
+        bad("age_range", f"must be [lo, hi] with 0 <= lo < hi, got {cfg.age_range!r}", "e.g. [21, 60]")
+    if cfg.age_range is not None and cfg.dataset not in ("utkface",):
+        bad("age_range", f"needs numeric ages (utkface), the dataset is {cfg.dataset!r}")
     if cfg.fold < 0:
         bad("fold", f"must be >= 0, got {cfg.fold!r}")
     if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
@@ -457,10 +472,16 @@ def metric_names(cfg: TrainConfig, split: str = "val") -> list[str]:
             out.append(p + "mae")
         else:
             out += [p + "acc", p + "f1"] + ([p + "one_off"] if t in ("age_group", "coral") else [])
+            out += [p + "mae"] if year_ranks(cfg) and t in ("age_group", "coral") else []
     if multi:
         out += [f"{split}/acc"] * any(t != "age" for t in names_)
         out += [f"{split}/mae"] * ("age" in names_)
     return out + ["train/loss", "lr"]
+
+
+def year_ranks(cfg: TrainConfig) -> bool:
+    """Age groups are single years (``age_range`` without ``age_bins``): their errors are in years."""
+    return cfg.age_range is not None and not cfg.age_bins
 
 
 def default_metric(cfg: TrainConfig) -> str:

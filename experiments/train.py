@@ -103,11 +103,19 @@ try:
 except OrchestrateError as exc:  # DataError: missing root, label files, images
     print(f"error: {exc.render()}", file=sys.stderr)
     sys.exit(exc.exit_code)
-tasks = T.build_tasks(task_names, ds.classes, age_bins=cfg.age_bins, loss_weights=cfg.loss_weights)
+age_bins = cfg.age_bins
+if config_mod.year_ranks(cfg):  # one rank per year of age_range (CORAL: 21..60 → 40 ranks, errors in years)
+    assert cfg.age_range is not None
+    age_bins = [float(a) for a in range(cfg.age_range[0] + 1, cfg.age_range[1] + 1)]
+tasks = T.build_tasks(task_names, ds.classes, age_bins=age_bins, loss_weights=cfg.loss_weights)
+if config_mod.year_ranks(cfg) and cfg.age_range is not None:
+    for t in tasks:
+        if t.label == "age_group":
+            t.classes = [str(a) for a in range(cfg.age_range[0], cfg.age_range[1] + 1)]
 multi = len(tasks) > 1
 if multi:
     required = None  # samples need at least one of the tasks' labels (below)
-elif tasks[0].kind == "regression" or (cfg.age_bins and tasks[0].label == "age_group"):
+elif tasks[0].kind == "regression" or (age_bins and tasks[0].label == "age_group"):
     required = "age"
 else:
     required = tasks[0].label
@@ -119,8 +127,19 @@ split_opts: dict[str, Any] = {
 }
 if cfg.split_fractions is not None:
     split_opts["fractions"] = cfg.split_fractions
-splits = ds.split(**split_opts)
-targets = T.targets_for(tasks, ds.labels, cfg.age_bins)
+if cfg.split_lists is not None:
+    split_opts["lists"] = cfg.split_lists
+try:
+    splits = ds.split(**split_opts)
+except OrchestrateError as exc:  # DataError: e.g. no file of a split list under the root
+    print(f"error: {exc.render()}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+if cfg.age_range is not None:  # only ages lo..hi (inclusive), in every split
+    lo, hi = cfg.age_range
+    ages = np.asarray(ds.labels["age"], dtype=np.float64)
+    for name, idx in splits.items():
+        splits[name] = idx[(ages[idx] >= lo) & (ages[idx] <= hi)]
+targets = T.targets_for(tasks, ds.labels, age_bins)
 if multi:  # keep samples with at least one known label
     for name, idx in splits.items():
         splits[name] = idx[np.any([T.known(targets[t.name][idx]) for t in tasks], axis=0)]
@@ -327,6 +346,9 @@ def evaluate(
                 y, pred, t.num_classes, ordinal=t.ordinal, class_names=t.classes, per_class=True
             )
             accs.append(r["acc"])
+            if t.label == "age_group" and config_mod.year_ranks(cfg):  # ranks are years: MAE in years
+                ok = np.asarray(y) >= 0
+                r["mae"] = float(np.abs(np.asarray(pred)[ok] - np.asarray(y)[ok]).mean()) if ok.any() else 0.0
         res.update({p + k: v for k, v in r.items()})
     if multi:  # aggregates, so the default sweep metrics (val/acc, val/mae) exist for multitask too
         if accs:

@@ -362,3 +362,33 @@ def test_deterministic_runs_reproduce_bit_for_bit(env: dict[str, str], tmp_path:
         assert rc == 0, out
         runs.append([(e["event"], e.get("metrics")) for e in events if e["event"] in ("metrics", "summary")])
     assert runs[0] == runs[1] and len(runs[0]) == 3
+
+
+def test_coral_protocol_fixed_lists_ages_21_60_mae_in_years(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CORAL as published: UTKFace's fixed train/test lists, ages 21-60 as 40 one-year ranks, MAE in years."""
+    import numpy as np
+
+    params = {**TINY, "dataset": "utkface", "task": "coral", "age_range": [21, 60], "split_lists": "coral",
+              "epochs": 1}  # fmt: skip
+    rd = make_run(tmp_path / "00030", params, {"name": "val/mae", "goal": "minimize"})
+    rc, events, out = train(rd, env, WANDB_MODE="disabled")
+    assert rc == 0, out
+    s = of(events, "summary")[0]["metrics"]
+    assert {"val/mae", "test/mae", "test/acc", "test/one_off"} <= set(s)
+    conf = json.loads((rd.path / "confusion.json").read_text())["test/coral"]
+    assert conf["classes"] == [str(a) for a in range(21, 61)]
+    m = np.asarray(conf["matrix"])  # rows: true rank, columns: predicted rank (one year each)
+    ranks = np.arange(40)
+    by_hand = float((m * np.abs(ranks[:, None] - ranks[None, :])).sum() / m.sum())
+    assert s["test/mae"] == pytest.approx(by_hand)
+    # the test set is exactly the CORAL test list's files present in the synthetic root
+    from datasets import ensure_synthetic, open_dataset
+
+    monkeypatch.setenv("ORCHESTRATE_CACHE_DIR", env["ORCHESTRATE_CACHE_DIR"])
+    root = ensure_synthetic("utkface", limit=240, size=32, seed=0)
+    ds = open_dataset("utkface", root)
+    expected = ds.split(lists="coral", val_fraction=0.1, seed=0)
+    assert m.sum() == len(expected["test"])
+    assert f"test {len(expected['test'])}" in out

@@ -166,8 +166,13 @@ class SWA:
         self.updates += 1
 
     def finish(self, loader: Iterable[Any], device: torch.device) -> nn.Module:
-        """Update BN statistics of the averaged model with one pass over ``loader`` (batches of images)."""
+        """Update BN statistics of the averaged model with one pass over ``loader`` (batches of images); norm
+        layers frozen by ``freeze`` keep theirs (``update_bn`` would reset them and, in eval mode, never refill)."""
+        frozen = [m for m in self.model.modules() if getattr(m, "_frozen_norm", False)]
+        kept = [{k: v.clone() for k, v in m.state_dict().items()} for m in frozen]
         torch.optim.swa_utils.update_bn(loader, self.model, device=device)
+        for m, state in zip(frozen, kept, strict=True):
+            m.load_state_dict(state)
         return self.model
 
     def state_dict(self) -> dict[str, Any]:

@@ -151,3 +151,29 @@ def test_caffe_step_schedule_in_iterations_and_lr_multipliers() -> None:
         )
     with pytest.raises(SpecError, match="step_iters"):
         resolve({"schedule": "cosine", "step_iters": 5})
+
+
+def test_swa_keeps_the_running_stats_of_frozen_norms() -> None:
+    """SWA's final BatchNorm pass recomputes the trainable norms' statistics, never the frozen ones'."""
+    from backbones import create_backbone, freeze
+
+    torch.manual_seed(0)
+    m = create_backbone("basic_cnn", 2, img_size=16, num_layers=2, base_features=4, hidden=8)
+    with torch.no_grad():  # pretrained-like statistics, far from the reset values (0, 1)
+        for bn in (mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)):
+            bn.running_mean.fill_(3.0)
+            bn.running_var.fill_(5.0)
+    freeze(m, "until:block1")
+    cfg = resolve({"swa": True, "epochs": 2, "swa_start": 0})
+    swa = SWA(cfg, m, build_optimizer(cfg, [p for p in m.parameters() if p.requires_grad]))
+    swa.epoch_end(m)
+    batches = [(torch.randn(8, 3, 16, 16), None) for _ in range(3)]
+    out = swa.finish(batches, torch.device("cpu"))
+    bns = {n: mod for n, mod in out.named_modules() if isinstance(mod, nn.BatchNorm2d)}
+    frozen = [n for n in bns if n.startswith("module.block1.")]
+    assert frozen and len(frozen) < len(bns)
+    for n, bn in bns.items():
+        if n in frozen:
+            assert torch.equal(bn.running_mean, torch.full_like(bn.running_mean, 3.0)), n
+        else:
+            assert not torch.allclose(bn.running_mean, torch.full_like(bn.running_mean, 3.0)), n

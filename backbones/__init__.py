@@ -27,8 +27,8 @@ from . import basic_cnn as _basic_cnn  # noqa: F401  (registers)
 from . import levi_hassner as _levi_hassner  # noqa: F401  (registers)
 from . import multi_branch as _multi_branch  # noqa: F401  (registers)
 from ._registry import factory_options, get_factory, is_registered, register_backbone, registered_names
-from .freeze import freeze, param_groups, unfreeze
-from .heads import DictHead, MultiHeadModel, NumOutputs, check_num_outputs, head_names
+from .freeze import freeze, frozen_norms, param_groups, unfreeze
+from .heads import DictHead, MLPHeadModel, MultiHeadModel, NumOutputs, check_num_outputs, head_names
 from .timm_models import close_matches, create_timm_backbone, feature_dim, weights_cached
 from .weights import (
     LoadReport,
@@ -49,6 +49,7 @@ __all__ = [
     "create_backbone",
     "data_config",
     "freeze",
+    "frozen_norms",
     "head_names",
     "list_backbones",
     "load_trunk",
@@ -144,7 +145,10 @@ def replace_heads(model: nn.Module, num_outputs: int | dict[str, int]) -> nn.Mod
     num_outputs = check_num_outputs(num_outputs)
     where = _device_dtype(model)
     out: nn.Module
-    if isinstance(model, MultiHeadModel):
+    if isinstance(model, MLPHeadModel):  # keeps its multi-layer heads, of the new sizes
+        model.reset_heads(num_outputs)
+        out = model
+    elif isinstance(model, MultiHeadModel):
         if isinstance(num_outputs, dict):
             model.reset_heads(num_outputs)
             out = model

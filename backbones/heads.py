@@ -12,7 +12,7 @@ Conventions used throughout ``backbones``:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -96,6 +96,81 @@ class MultiHeadModel(nn.Module):
 
     def reset_heads(self, num_outputs: Mapping[str, int]) -> None:
         self.heads = DictHead(self.num_features, check_num_outputs(dict(num_outputs)))  # type: ignore[arg-type]
+
+
+def mlp(in_features: int, hidden: Sequence[int], dropout: Sequence[float], out: int) -> nn.Sequential:
+    """``Linear → ReLU → Dropout(p_i)`` per hidden width, then the output ``Linear``."""
+    layers: list[nn.Module] = []
+    d = in_features
+    for h, p in zip(hidden, dropout, strict=True):
+        layers += [nn.Linear(d, int(h)), nn.ReLU(inplace=True)]
+        if p > 0:
+            layers.append(nn.Dropout(float(p)))
+        d = int(h)
+    layers.append(nn.Linear(d, out))
+    return nn.Sequential(*layers)
+
+
+def mlp_spec(hidden: Sequence[int], dropout: float | Sequence[float] | None) -> tuple[list[int], list[float]]:
+    """Check ``head_hidden``/``head_dropout``; one dropout per hidden layer. ``ValueError`` if bad."""
+    hidden = [int(h) for h in hidden]
+    if not hidden or min(hidden) < 1:
+        raise ValueError(
+            f"head_hidden must be a non-empty list of widths >= 1, e.g. [1024, 512, 512], got {hidden}"
+        )
+    drops = (
+        [float(dropout or 0.0)] * len(hidden)
+        if not isinstance(dropout, Sequence)
+        else [float(p) for p in dropout]
+    )
+    if len(drops) != len(hidden) or not all(0.0 <= p < 1.0 for p in drops):
+        raise ValueError(
+            f"head_dropout must be one number in [0, 1) or one per hidden layer ({len(hidden)}), got {dropout!r}"
+        )
+    return hidden, drops
+
+
+class MLPHeads(nn.Module):
+    """Multi-layer heads: per task its own MLP branch (the Keras report's Model B: one FC stack per output), or
+    for an int ``num_outputs`` one MLP returning a tensor (the MobileNetV2 report's FC 1024/512/512)."""
+
+    def __init__(
+        self, in_features: int, num_outputs: NumOutputs, hidden: Sequence[int], dropout: Sequence[float]
+    ) -> None:
+        super().__init__()
+        num_outputs = check_num_outputs(num_outputs)
+        self.single = not isinstance(num_outputs, dict)
+        outs = {"out": num_outputs} if isinstance(num_outputs, int) else num_outputs
+        self.branches = nn.ModuleDict({t: mlp(in_features, hidden, dropout, n) for t, n in outs.items()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        out = {t: branch(x) for t, branch in self.branches.items()}
+        return out["out"] if self.single else out
+
+
+class MLPHeadModel(MultiHeadModel):
+    """A feature trunk with :class:`MLPHeads` (``heads.branches.<task>.<i>``)."""
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        in_features: int,
+        num_outputs: NumOutputs,
+        hidden: Sequence[int],
+        dropout: Sequence[float],
+    ) -> None:
+        nn.Module.__init__(self)
+        self.trunk = trunk
+        self.num_features = in_features
+        self.hidden, self.dropout = list(hidden), list(dropout)
+        self.heads = MLPHeads(in_features, num_outputs, self.hidden, self.dropout)  # type: ignore[assignment]
+        cfg = getattr(trunk, "pretrained_cfg", None)
+        if cfg is not None:
+            self.pretrained_cfg = cfg
+            self.default_cfg = cfg
+
+    def reset_heads(self, num_outputs: NumOutputs) -> None:  # type: ignore[override]
+        self.heads = MLPHeads(self.num_features, num_outputs, self.hidden, self.dropout)  # type: ignore[assignment]
 
 
 def _module_name_of(model: nn.Module, target: nn.Module) -> str | None:

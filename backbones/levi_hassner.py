@@ -40,6 +40,23 @@ PUBLISHED_IMG_SIZE = 227
 PUBLISHED_FC6_IN = 384 * 7 * 7  # 18,816
 
 
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Caffe's across-channel LRN, as ``nn.LocalResponseNorm``; under ``torch.use_deterministic_algorithms`` the
+    window sum is taken over shifted channel slices instead of torch's ``avg_pool3d``, whose CUDA backward has no
+    deterministic implementation (the same values up to float rounding; its backward is plain autograd)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not torch.are_deterministic_algorithms_enabled() or input.dim() != 4:
+            return super().forward(input)
+        c = input.shape[1]
+        sq = nn.functional.pad(input * input, (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))
+        window = sq[:, 0:c]
+        for i in range(1, self.size):
+            window = window + sq[:, i : i + c]
+        div = (window / self.size).mul(self.alpha).add(self.k).pow(self.beta)
+        return input / div
+
+
 class LeviHassnerCNN(nn.Module):
     """The Levi & Hassner CNN. ``neurons`` sets fc6/fc7 widths (int or (fc6, fc7)); ``drop_rate`` both dropouts."""
 
@@ -67,11 +84,11 @@ class LeviHassnerCNN(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, 96, kernel_size=7, stride=4, padding=0)
         self.relu1 = nn.ReLU(inplace=True)
         self.pool1 = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
-        self.norm1 = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1.0)
+        self.norm1 = LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1.0)
         self.conv2 = nn.Conv2d(96, 256, kernel_size=5, stride=1, padding=2)
         self.relu2 = nn.ReLU(inplace=True)
         self.pool2 = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
-        self.norm2 = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1.0)
+        self.norm2 = LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1.0)
         self.conv3 = nn.Conv2d(256, 384, kernel_size=3, stride=1, padding=1)
         self.relu3 = nn.ReLU(inplace=True)
         self.pool3 = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)

@@ -24,7 +24,15 @@ import timm
 import torch
 from torch import nn
 
-from .heads import MultiHeadModel, NumOutputs, check_num_outputs, head_names, is_head_param
+from .heads import (
+    MLPHeadModel,
+    MultiHeadModel,
+    NumOutputs,
+    check_num_outputs,
+    head_names,
+    is_head_param,
+    mlp_spec,
+)
 from .weights import (
     HOW_TO,
     WeightsMismatchError,
@@ -122,9 +130,14 @@ def create_timm_backbone(
 ) -> nn.Module:
     num_outputs = check_num_outputs(num_outputs)
     multi = isinstance(num_outputs, dict)
+    kwargs = dict(kwargs)
+    head_hidden, head_dropout = kwargs.pop("head_hidden", None), kwargs.pop("head_dropout", None)
+    if head_dropout is not None and head_hidden is None:
+        raise TypeError(f"create_backbone({name!r}): head_dropout needs head_hidden (the hidden widths)")
+    mlp_head = mlp_spec(head_hidden, head_dropout) if head_hidden is not None else None
     user_kwargs = set(kwargs)
     kw: dict[str, Any] = dict(kwargs)
-    kw["num_classes"] = 0 if multi else num_outputs
+    kw["num_classes"] = 0 if (multi or mlp_head) else num_outputs
     kw["in_chans"] = in_chans
     if drop_rate is not None:
         kw["drop_rate"] = drop_rate
@@ -137,6 +150,10 @@ def create_timm_backbone(
         model = _create(name, False, kw, user_kwargs)
 
     model.backbone_in_chans = in_chans  # type: ignore[assignment]
+    if mlp_head is not None:  # the reports' FC stacks (per task its own branch) on the pooled features
+        mh = MLPHeadModel(model, feature_dim(model), num_outputs, *mlp_head)
+        mh.backbone_in_chans = in_chans  # type: ignore[assignment]
+        return mh
     if multi:
         wrapped = MultiHeadModel(model, feature_dim(model), num_outputs)  # type: ignore[arg-type]
         wrapped.backbone_in_chans = in_chans  # type: ignore[assignment]

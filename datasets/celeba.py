@@ -36,6 +36,7 @@ from datasets.base import (
     missing_file_error,
     read_lines,
     require_root,
+    stratified_split,
 )
 from datasets.base import check_images as _check_images
 from orchestrator.errors import DataError
@@ -117,10 +118,24 @@ def read_pairs(path: Path) -> dict[str, int]:
 
 
 class CelebADataset(FaceDataset):
-    def split(self, require: Sequence[str] | str | None = None, **_: Any) -> dict[str, np.ndarray]:
-        """The official partition: train 0, val 1, test 2 (identity-disjoint)."""
-        p = self.labels["partition"]
-        out = {name: np.flatnonzero(p == k) for k, name in enumerate(("train", "val", "test"))}
+    def split(
+        self,
+        require: Sequence[str] | str | None = None,
+        fractions: Sequence[float] | None = None,
+        seed: int = 0,
+        **_: Any,
+    ) -> dict[str, np.ndarray]:
+        """The official partition: train 0, val 1, test 2 (identity-disjoint). ``fractions=(train, val, test)``:
+        a seeded random split of all images instead, as the MobileNetV2 report's 90:10 (not identity-disjoint:
+        one person's images may land on both sides, so its test accuracy is optimistic)."""
+        if fractions is not None:
+            if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+                raise DataError(f"celeba: fractions must be 3 non-negative numbers, got {list(fractions)}")
+            parts = stratified_split(np.zeros(len(self), dtype=np.int64), fractions, seed)
+            out = dict(zip(("train", "val", "test"), parts, strict=True))
+        else:
+            p = self.labels["partition"]
+            out = {name: np.flatnonzero(p == k) for k, name in enumerate(("train", "val", "test"))}
         return {k: self.labelled(v, require) for k, v in out.items()}
 
 

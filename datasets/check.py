@@ -36,8 +36,9 @@ def _jsonable(v: Any) -> Any:
 def check(name: str, root: str | Path, *, verify_images: bool = False, **opts: Any) -> dict[str, Any]:
     """Load ``name`` from ``root`` with loader options ``opts`` (split options go under ``split={...}``).
 
-    ``verify_images=True`` also opens every image with PIL and counts the unreadable ones
-    (``problems['corrupt_images']``). A DataError from the loader is returned as ``ok: False`` with the
+    ``verify_images=True`` also decodes every image as the training cache does (``datasets.cache.load_image``,
+    at a small size) and counts those it cannot (``problems['undecodable_images']``, with up to 5 paths in
+    ``info['undecodable_examples']``): training drops exactly these. A DataError from the loader is returned as ``ok: False`` with the
     message in ``errors``, so the CLI can render it either way.
     """
     from datasets import open_dataset
@@ -57,18 +58,19 @@ def check(name: str, root: str | Path, *, verify_images: bool = False, **opts: A
         return report
     report["samples"] = len(ds)
     if verify_images:
-        from PIL import Image
+        from datasets.cache import load_image
 
         bad = []
         for i, rel in enumerate(ds.paths):
+            if not (ds.root / rel).is_file():
+                continue  # counted as missing_images already
             try:
-                with Image.open(ds.root / rel) as im:
-                    im.load()
+                load_image(ds.root / rel, (16, 16))
             except Exception:
                 bad.append(i)
-        ds.problems["corrupt_images"] = len(bad)
+        ds.problems["undecodable_images"] = len(bad)
         if bad:
-            ds.info["corrupt_examples"] = [ds.paths[i] for i in bad[:5]]
+            ds.info["undecodable_examples"] = [str(ds.paths[i]) for i in bad[:5]]
     report["problems"] = {k: int(v) for k, v in ds.problems.items()}
     report["info"] = _jsonable({k: v for k, v in ds.info.items() if k not in ("users", "bad_mask")})
     tasks = {t: c for t, c in ds.classes.items() if t in CORE_TASKS or t in ("Male", "Young", "Smiling")}

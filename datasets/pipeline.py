@@ -20,6 +20,10 @@ Class balancing: ``balance=TASK`` draws each epoch's samples with probability �
 
 Test-time over-sampling (Levi & Hassner): ``oversample(x, crop)`` → 4 corners + centre and their mirrors
 (10 crops, Caffe's order) and ``average_oversampled(logits)`` averages the softmax over them.
+
+Caffe-style crops (Levi & Hassner: faces resized to 256, random 227 crops in training): ``crop="random"`` takes
+each training image's ``input_size`` window at a random whole-pixel offset of the stored (larger) image,
+``crop="center"`` the centre window (evaluation) — no resizing, so train and test see faces at one scale.
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ class DeviceLoader:
         drop_last: bool | None = None,
         eval_crop: float = 1.0,
         seed: int = 0,
+        crop: str | None = None,
     ) -> None:
         self.images = images
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -144,6 +149,11 @@ class DeviceLoader:
         self._weights = sample_weights(np.asarray(labels[balance])[self.indices]) if self.balance else None
         self.drop_last = train if drop_last is None else drop_last
         self.eval_crop = eval_crop
+        if crop not in (None, "random", "center"):
+            raise ValueError(f"crop must be None, 'random' or 'center', got {crop!r}")
+        if crop is not None and (self.out_size[0] > h or self.out_size[1] > w):
+            raise ValueError(f"crop {self.out_size} larger than the stored images {(h, w)}")
+        self.crop = crop
         self.seed = seed
         self.epoch = 0
         self.pin = self.device.type == "cuda"
@@ -211,6 +221,10 @@ class DeviceLoader:
 
     def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         u8 = self._gather(idx)  # (B, H, W, 3) uint8 on device
+        if self.crop == "random" and self.train:
+            u8 = random_crop(u8, self.out_size, self.gen)
+        elif self.crop is not None:
+            u8 = center_crop(u8, self.out_size)
         aug = self.augment
         if aug is None or not (aug.geometric or aug.brightness or aug.contrast or aug.grayscale):
             # fast path (eval, or flip only): flip on uint8, normalise in NHWC (contiguous), then resize —
@@ -347,3 +361,30 @@ def oversample(x: torch.Tensor, crop: int | tuple[int, int]) -> torch.Tensor:
 def average_oversampled(logits: torch.Tensor, n_crops: int = 10) -> torch.Tensor:
     """(B*n_crops, K) logits → (B, K) mean softmax probabilities over the crops of each image."""
     return logits.softmax(-1).view(-1, n_crops, logits.shape[-1]).mean(1)
+
+
+def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W, C) → (B, h, w, C): per sample ``b`` the window ``x[b, top[b]:top[b]+h, left[b]:left[b]+w]``."""
+    h, w = size
+    b = x.shape[0]
+    rows = top.view(b, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = left.view(b, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    return x[torch.arange(b, device=x.device).view(b, 1, 1), rows, cols]
+
+
+def random_crop(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator | None = None) -> torch.Tensor:
+    """(B, H, W, C) → (B, h, w, C): a window at a uniformly random whole-pixel offset per sample (Caffe's
+    training crop: every offset in ``0..H-h`` × ``0..W-w``)."""
+    b, hh, ww = x.shape[:3]
+    h, w = size
+    top = torch.randint(0, hh - h + 1, (b,), generator=gen, device=x.device)
+    left = torch.randint(0, ww - w + 1, (b,), generator=gen, device=x.device)
+    return crop_at(x, top, left, size)
+
+
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W, C) → (B, h, w, C): the centre window (offsets ``(H-h)//2``, ``(W-w)//2``, as ``oversample``)."""
+    hh, ww = x.shape[1:3]
+    h, w = size
+    t, left = (hh - h) // 2, (ww - w) // 2
+    return x[:, t : t + h, left : left + w]

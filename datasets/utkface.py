@@ -14,7 +14,9 @@ Labels: ``age`` (years), ``age_group`` from ``age_bins``, ``gender`` (0 male, 1 
 0-2, 3-6, 7-14, 15-30, 31-40, 41-65, 66-116) or a list of inclusive ``(lo, hi)`` ranges.
 
 ``split(fractions=(0.7, 0.1, 0.2), seed=0, stratify=('age_group', 'gender'), require=None)``: seeded,
-stratified train/val/test (there is no official split).
+stratified train/val/test (there is no official split). ``split(lists="coral", val_fraction=0.1)``: the CORAL
+paper's fixed lists instead (``datasets/labels/utkface/coral_utk_{train,test}.csv``, ages 21-60): test = the
+test list, train = the train list less a seeded ``val_fraction`` for validation; images in no list are left out.
 """
 
 from __future__ import annotations
@@ -98,9 +100,13 @@ class UTKFaceDataset(FaceDataset):
         seed: int = 0,
         stratify: Sequence[str] | None = ("age_group", "gender"),
         require: Sequence[str] | str | None = None,
+        lists: str | None = None,
+        val_fraction: float = 0.1,
         **_: Any,
     ) -> dict[str, np.ndarray]:
-        """Seeded split stratified on the joint value of the ``stratify`` labels."""
+        """Seeded split stratified on the joint value of the ``stratify`` labels (or CORAL's lists)."""
+        if lists is not None:
+            return self._list_split(lists, val_fraction, seed, require)
         if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
             raise DataError(f"utkface: fractions must be 3 non-negative numbers, got {list(fractions)}")
         strata = np.zeros(len(self), dtype=np.int64)
@@ -109,6 +115,42 @@ class UTKFaceDataset(FaceDataset):
             strata = strata * (int(v.max(initial=0)) + 2) + (v + 1)
         parts = stratified_split(strata, fractions, seed)
         return {k: self.labelled(v, require) for k, v in zip(("train", "val", "test"), parts, strict=True)}
+
+    def _list_split(
+        self, lists: str, val_fraction: float, seed: int, require: Sequence[str] | str | None
+    ) -> dict[str, np.ndarray]:
+        if lists not in SPLIT_LISTS:
+            raise DataError(f"utkface: unknown split lists {lists!r}", hint="use " + ", ".join(SPLIT_LISTS))
+        by_name = {Path(p).name: i for i, p in enumerate(self.paths)}
+        parts: dict[str, np.ndarray] = {}
+        for part, csv_name in SPLIT_LISTS[lists].items():
+            names = read_list(LABELS_DIR / csv_name)
+            parts[part] = np.asarray(sorted(by_name[n] for n in names if n in by_name), dtype=np.int64)
+        if not len(parts["train"]) or not len(parts["test"]):
+            raise DataError(
+                f"utkface: none of the {lists} list's files are under {self.root} "
+                f"(train {len(parts['train'])}, test {len(parts['test'])} found)",
+                hint="the lists name Aligned&Cropped files such as 36_0_1_20170117163203851.jpg.chip.jpg",
+            )
+        train = parts["train"]
+        perm = np.random.default_rng(seed).permutation(len(train))
+        n_val = int(round(len(train) * val_fraction))
+        val, train = np.sort(train[perm[:n_val]]), np.sort(train[perm[n_val:]])
+        out = {"train": train, "val": val, "test": parts["test"]}
+        return {k: self.labelled(v, require) for k, v in out.items()}
+
+
+LABELS_DIR = Path(__file__).resolve().parent / "labels" / "utkface"
+#: fixed train/test lists by name: CORAL (Cao, Mirjalili & Raschka 2020; their coral-cnn repository's CSVs)
+SPLIT_LISTS = {"coral": {"train": "coral_utk_train.csv", "test": "coral_utk_test.csv"}}
+
+
+def read_list(path: Path) -> list[str]:
+    """The file names of a split list (CSV with a ``file`` column)."""
+    import csv
+
+    with open(path, newline="") as fh:
+        return [row["file"] for row in csv.DictReader(fh)]
 
 
 def load_utkface(

@@ -49,10 +49,14 @@ class TrainConfig:
     dataset_args: dict[str, Any] = field(default_factory=dict)  # other loader options (open_dataset **opts)
     fold: int = 0  # Adience: the held-out test fold (subject-exclusive 5-fold protocol)
     val_fraction: float = 0.1  # Adience: user-exclusive validation share of the training folds
-    split_fractions: list[float] | None = (
-        None  # UTKFace: train/val/test fractions (loader default 0.7/0.1/0.2)
-    )
+    # UTKFace: train/val/test fractions (loader default 0.7/0.1/0.2); CelebA: a seeded random split instead of
+    # the official partition (the MobileNetV2 report's 90:10: [0.81, 0.09, 0.1])
+    split_fractions: list[float] | None = None
     split_seed: int = 0  # seed of the val/test split: fixed, so every trial sees the same test set
+    # UTKFace: a published fixed split instead ("coral": CORAL's train/test lists, val from train)
+    split_lists: str | None = None
+    age_range: list[int] | None = None  # [lo, hi] inclusive: only these ages (CORAL: [21, 60]); with task
+    # coral/age_group and no age_bins, one class (rank) per year, and coral reports MAE in years (val/mae)
     age_mapping: str | None = None  # how raw age labels map to groups (datasets' label schemes)
     age_bins: list[float] | None = None  # bin edges for age_group/coral from numeric ages (UTKFace style)
     synthetic_limit: int = 600  # images per synthetic dataset (data_root null)
@@ -72,7 +76,12 @@ class TrainConfig:
     greyscale: bool = False  # every image (train and eval) to greyscale, still 3 channels
     weighted_sampler: bool = False  # sample training images inversely to their class frequency
     weighted_loss: bool = False  # weight the loss inversely to class frequency
-    oversample_test: bool = False  # Adience 10-crop (4 corners + centre, and flips) test-time averaging
+    # Levi & Hassner's geometry: faces resized to crop_from (None → round(image_size * 256 / 227): 256 for 227),
+    # training on a random image_size crop of them (whole-pixel offsets, + flip), validation on the centre crop
+    random_crop: bool = False
+    crop_from: int | None = None
+    # 10-crop (4 corners + centre, and flips) test-time averaging, on the crop_from faces (needs random_crop)
+    oversample_test: bool = False
 
     # --- task ----------------------------------------------------------------------------------------------
     task: str = "gender"  # gender | age_group | age | ethnicity | multitask | coral
@@ -85,8 +94,13 @@ class TrainConfig:
     backbone: str = "basic_cnn"
     backbone_args: dict[str, Any] = field(default_factory=dict)  # neurons, num_layers, base_features …
     pretrained: bool | str = False  # false | true (timm cache) | path to weights
+    # a `pretrained:` file (e.g. init_from's checkpoint) gives the trunk; its heads are replaced by fresh ones
+    # (fine-tuning, as the reports did) unless pretrained_heads: true (then loaded where their sizes fit)
+    pretrained_heads: bool = False
     freeze: str = "none"  # none | backbone | until:<layer>
     backbone_lr_mult: float = 1.0
+    head_lr_mult: float = 1.0  # the heads' (last layer's) lr = lr × this (Levi–Hassner fine-tuning: 10)
+    bias_lr_mult: float = 1.0  # biases' lr = their layer's lr × this (Caffe's lr_mult 2 on biases)
     dropout: float | None = (
         None  # dropout before the heads (backbone drop_rate); None → the backbone's default
     )
@@ -104,6 +118,9 @@ class TrainConfig:
     centered: bool = False  # rmsprop
     schedule: str = "none"  # none | step | multistep | exponential | cosine | onecycle | plateau
     step_size: int = 10  # step: epochs between decays
+    step_iters: int | None = (
+        None  # step: iterations (training steps) between decays instead (Caffe's stepsize)
+    )
     milestones: list[int] = field(default_factory=list)  # multistep: epochs where lr *= gamma
     gamma: float = 0.1  # step / multistep / exponential decay factor; plateau: reduction factor
     min_lr: float = 0.0  # cosine floor
@@ -122,7 +139,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap on training steps per epoch (smoke tests)
 
     # --- runtime -------------------------------------------------------------------------------------------
-    seed: int | None = None  # None → trial.json's seed, else 0
+    seed: int | None = None  # None → trial.json's seed (the sweep's: 42 unless seed/seeds is swept), else 42
     deterministic: bool = False
     # cuDNN autotuning: faster steps, but each fresh trial process pays it once per input shape (seen on an
     # H100: the first epoch of mobilenetv2 at 224 px ran at ~80 img/s vs ~3,100 after); off for short trials
@@ -312,6 +329,17 @@ def _check(cfg: TrainConfig, file: Any, line: int | None) -> None:
     for key in ("weight_decay", "warmup_epochs", "rotate", "brightness", "contrast"):
         if getattr(cfg, key) < 0:
             bad(key, f"must be >= 0, got {getattr(cfg, key)!r}")
+    if cfg.split_lists is not None and (cfg.dataset != "utkface" or cfg.split_lists != "coral"):
+        bad("split_lists", f"only 'coral' (UTKFace: CORAL's fixed train/test lists), got {cfg.split_lists!r} "
+            f"on {cfg.dataset}")  # fmt: skip
+    if cfg.split_lists is not None and cfg.split_fractions is not None:
+        bad("split_fractions", "give split_lists or split_fractions, not both")
+    if cfg.age_range is not None and (
+        len(cfg.age_range) != 2 or not 0 <= cfg.age_range[0] < cfg.age_range[1]
+    ):
+        bad("age_range", f"must be [lo, hi] with 0 <= lo < hi, got {cfg.age_range!r}", "e.g. [21, 60]")
+    if cfg.age_range is not None and cfg.dataset not in ("utkface",):
+        bad("age_range", f"needs numeric ages (utkface), the dataset is {cfg.dataset!r}")
     if cfg.fold < 0:
         bad("fold", f"must be >= 0, got {cfg.fold!r}")
     if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
@@ -334,8 +362,18 @@ def _check(cfg: TrainConfig, file: Any, line: int | None) -> None:
         bad("swa_lr", f"must be > 0, got {cfg.swa_lr!r}")
     if not (cfg.freeze in ("none", "backbone") or (cfg.freeze.startswith("until:") and len(cfg.freeze) > 6)):
         bad("freeze", f"expected none | backbone | until:<layer>, got {cfg.freeze!r}")
-    if cfg.backbone_lr_mult < 0:
-        bad("backbone_lr_mult", f"must be >= 0, got {cfg.backbone_lr_mult!r}")
+    for key in ("backbone_lr_mult", "head_lr_mult", "bias_lr_mult"):
+        if getattr(cfg, key) < 0:
+            bad(key, f"must be >= 0, got {getattr(cfg, key)!r}")
+    if cfg.step_iters is not None and cfg.step_iters <= 0:
+        bad("step_iters", f"must be > 0 (or null), got {cfg.step_iters!r}")
+    if cfg.step_iters is not None and cfg.schedule != "step":
+        bad("step_iters", f"only applies to schedule 'step' (schedule is {cfg.schedule!r})")
+    if cfg.crop_from is not None and not cfg.random_crop:
+        bad("crop_from", "only applies with random_crop: true")
+    crop_ok = cfg.crop_from is None or cfg.image_size is None or cfg.crop_from > cfg.image_size
+    if cfg.random_crop and not crop_ok:
+        bad("crop_from", f"must be larger than image_size ({cfg.image_size}), got {cfg.crop_from}")
     if isinstance(cfg.pretrained, str) and not cfg.pretrained:
         bad("pretrained", "expected true, false or a path to weights, got an empty string")
     if cfg.age_bins is not None and (
@@ -377,6 +415,12 @@ def _check(cfg: TrainConfig, file: Any, line: int | None) -> None:
         bad("fold", f"Adience has folds 0..4, got {cfg.fold}")
     if cfg.oversample_test and cfg.image_size is not None and cfg.image_size < 8:
         bad("oversample_test", "10-crop needs image_size >= 8")
+    if cfg.oversample_test and not cfg.random_crop:
+        bad(
+            "oversample_test",
+            "10-crop test averaging needs random_crop: true (train on crops of the faces the test crops come from)",
+            "add random_crop: true (Levi–Hassner: random 227 crops of 256-px faces; 10 crops of them at test)",
+        )
 
 
 def validate(
@@ -428,10 +472,16 @@ def metric_names(cfg: TrainConfig, split: str = "val") -> list[str]:
             out.append(p + "mae")
         else:
             out += [p + "acc", p + "f1"] + ([p + "one_off"] if t in ("age_group", "coral") else [])
+            out += [p + "mae"] if year_ranks(cfg) and t in ("age_group", "coral") else []
     if multi:
         out += [f"{split}/acc"] * any(t != "age" for t in names_)
         out += [f"{split}/mae"] * ("age" in names_)
     return out + ["train/loss", "lr"]
+
+
+def year_ranks(cfg: TrainConfig) -> bool:
+    """Age groups are single years (``age_range`` without ``age_bins``): their errors are in years."""
+    return cfg.age_range is not None and not cfg.age_bins
 
 
 def default_metric(cfg: TrainConfig) -> str:

@@ -78,7 +78,9 @@ class LRSchedule:
         kind = cfg.schedule
         if kind == "onecycle":  # has its own warm-up phase
             return self._onecycle(step)
-        if kind == "step":
+        if kind == "step" and getattr(cfg, "step_iters", None):
+            f = cfg.gamma ** (step // cfg.step_iters)  # Caffe's "step" policy: every stepsize iterations
+        elif kind == "step":
             f = cfg.gamma ** (epoch // cfg.step_size)
         elif kind == "multistep":
             f = cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
@@ -164,8 +166,13 @@ class SWA:
         self.updates += 1
 
     def finish(self, loader: Iterable[Any], device: torch.device) -> nn.Module:
-        """Update BN statistics of the averaged model with one pass over ``loader`` (batches of images)."""
+        """Update BN statistics of the averaged model with one pass over ``loader`` (batches of images); norm
+        layers frozen by ``freeze`` keep theirs (``update_bn`` would reset them and, in eval mode, never refill)."""
+        frozen = [m for m in self.model.modules() if getattr(m, "_frozen_norm", False)]
+        kept = [{k: v.clone() for k, v in m.state_dict().items()} for m in frozen]
         torch.optim.swa_utils.update_bn(loader, self.model, device=device)
+        for m, state in zip(frozen, kept, strict=True):
+            m.load_state_dict(state)
         return self.model
 
     def state_dict(self) -> dict[str, Any]:

@@ -47,7 +47,7 @@ if cfg.data_root is None and trial.get("data_root"):
     base = Path(trial["data_root"]).expanduser()
     cfg.data_root = str(base / cfg.dataset) if (base / cfg.dataset).is_dir() else str(base)
 if cfg.seed is None:
-    cfg.seed = int(trial.get("seed") or 0)
+    cfg.seed = int(trial["seed"]) if isinstance(trial.get("seed"), int) else 42
 metric_spec = trial.get("metric") or {}
 task_names = config_mod.active_tasks(cfg)
 metric_name = metric_spec.get("name") or config_mod.default_metric(cfg)
@@ -66,6 +66,7 @@ import torch  # noqa: E402
 import backbones  # noqa: E402
 import datasets  # noqa: E402
 from datasets.pipeline import Augment, DeviceLoader, oversample  # noqa: E402
+from experiments import determinism  # noqa: E402
 from experiments import metrics as M  # noqa: E402
 from experiments import tasks as T  # noqa: E402
 from experiments.optim import SWA, LRSchedule, build_optimizer  # noqa: E402
@@ -76,10 +77,8 @@ np.random.seed(cfg.seed % 2**32)
 torch.manual_seed(cfg.seed)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 cuda = device.type == "cuda"
-if cfg.deterministic:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
+if cfg.deterministic:  # every op deterministic, or a refusal naming the one that is not (below)
+    determinism.enable(cuda)
 elif cuda:
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -104,11 +103,19 @@ try:
 except OrchestrateError as exc:  # DataError: missing root, label files, images
     print(f"error: {exc.render()}", file=sys.stderr)
     sys.exit(exc.exit_code)
-tasks = T.build_tasks(task_names, ds.classes, age_bins=cfg.age_bins, loss_weights=cfg.loss_weights)
+age_bins = cfg.age_bins
+if config_mod.year_ranks(cfg):  # one rank per year of age_range (CORAL: 21..60 → 40 ranks, errors in years)
+    assert cfg.age_range is not None
+    age_bins = [float(a) for a in range(cfg.age_range[0] + 1, cfg.age_range[1] + 1)]
+tasks = T.build_tasks(task_names, ds.classes, age_bins=age_bins, loss_weights=cfg.loss_weights)
+if config_mod.year_ranks(cfg) and cfg.age_range is not None:
+    for t in tasks:
+        if t.label == "age_group":
+            t.classes = [str(a) for a in range(cfg.age_range[0], cfg.age_range[1] + 1)]
 multi = len(tasks) > 1
 if multi:
     required = None  # samples need at least one of the tasks' labels (below)
-elif tasks[0].kind == "regression" or (cfg.age_bins and tasks[0].label == "age_group"):
+elif tasks[0].kind == "regression" or (age_bins and tasks[0].label == "age_group"):
     required = "age"
 else:
     required = tasks[0].label
@@ -120,8 +127,19 @@ split_opts: dict[str, Any] = {
 }
 if cfg.split_fractions is not None:
     split_opts["fractions"] = cfg.split_fractions
-splits = ds.split(**split_opts)
-targets = T.targets_for(tasks, ds.labels, cfg.age_bins)
+if cfg.split_lists is not None:
+    split_opts["lists"] = cfg.split_lists
+try:
+    splits = ds.split(**split_opts)
+except OrchestrateError as exc:  # DataError: e.g. no file of a split list under the root
+    print(f"error: {exc.render()}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+if cfg.age_range is not None:  # only ages lo..hi (inclusive), in every split
+    lo, hi = cfg.age_range
+    ages = np.asarray(ds.labels["age"], dtype=np.float64)
+    for name, idx in splits.items():
+        splits[name] = idx[(ages[idx] >= lo) & (ages[idx] <= hi)]
+targets = T.targets_for(tasks, ds.labels, age_bins)
 if multi:  # keep samples with at least one known label
     for name, idx in splits.items():
         splits[name] = idx[np.any([T.known(targets[t.name][idx]) for t in tasks], axis=0)]
@@ -155,6 +173,11 @@ try:
     net = backbones.create_backbone(
         cfg.backbone, T.head_sizes(tasks), pretrained=cfg.pretrained, **backbone_kwargs
     )
+    from_file = isinstance(cfg.pretrained, str) and cfg.pretrained.strip().lower() not in (
+        "true", "yes", "1", "false", "none", "no", "0",
+    )  # fmt: skip
+    if from_file and not cfg.pretrained_heads:  # fine-tuning: the trunk from the file, fresh heads
+        net = backbones.replace_heads(net, T.head_sizes(tasks))
     if cfg.freeze != "none":
         backbones.freeze(net, cfg.freeze)
 except (
@@ -174,11 +197,16 @@ model = T.TaskModel(net, tasks, greyscale=cfg.greyscale, mean=mean, std=std).to(
     device=device, memory_format=memory_format
 )
 groups = backbones.param_groups(
-    net, lr=cfg.lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay
+    net,
+    lr=cfg.lr,
+    backbone_lr_mult=cfg.backbone_lr_mult,
+    weight_decay=cfg.weight_decay,
+    head_lr_mult=cfg.head_lr_mult,
+    bias_lr_mult=cfg.bias_lr_mult,
 )
 coral_params = [p for p in model.coral.parameters() if p.requires_grad]
 if coral_params:
-    groups.append({"params": coral_params, "lr": cfg.lr, "weight_decay": 0.0})
+    groups.append({"params": coral_params, "lr": cfg.lr * cfg.head_lr_mult, "weight_decay": 0.0})
 optimizer = build_optimizer(cfg, groups)
 head_group = next(  # the group whose lr is reported (the heads'; param groups may scale the trunk's)
     (i for i, g in enumerate(optimizer.param_groups) if g.get("name", "").startswith("head")), -1
@@ -187,7 +215,55 @@ fwd = torch.compile(model) if cfg.compile else model
 n_params = sum(p.numel() for p in model.parameters())
 print(f"model: {cfg.backbone} ({n_params / 1e6:.2f} M params), {image_size} px, device {device}")
 
-images = datasets.decoded(ds, image_size)  # (N, H, W, 3) uint8, decoded once per host and shared
+# Levi–Hassner geometry: faces stored at crop_from (256 for 227) and cropped, never rescaled, so training
+# (random crops), validation (centre crop) and the 10-crop test all see faces at one scale
+stored_size = image_size
+if cfg.random_crop:
+    stored_size = cfg.crop_from or round(image_size * 256 / 227)
+    if stored_size <= image_size:
+        print(
+            f"error: crop_from: {stored_size} must be larger than the input size {image_size} (image_size)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    print(
+        f"input: faces at {stored_size} px; random {image_size} px crops (train), the centre crop (val)"
+        + (", 10 crops (test)" if cfg.oversample_test else ", the centre crop (test)")
+    )
+try:
+    images = datasets.decoded(ds, stored_size)  # (N, H, W, 3) uint8, decoded once per host and shared
+except OrchestrateError as exc:  # DataError: too many undecodable images
+    print(f"error: {exc.render()}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+# images that are missing or cannot be decoded are rows of zeros in the cache: never train or test on them
+bad_mask = np.asarray(ds.info.get("bad_mask", np.zeros(len(ds), dtype=bool)), dtype=bool)
+if bad_mask.any():
+    dropped = {}
+    for name in ("train", "val", "test"):
+        idx = train_idx if name == "train" else splits[name]
+        keep = ~bad_mask[idx]
+        dropped[name] = int((~keep).sum())
+        if name == "train":
+            train_idx = idx[keep]
+        else:
+            splits[name] = idx[keep]
+    n_bad = sum(dropped.values())
+    print(
+        f"data: dropped {n_bad} undecodable images ("
+        + ", ".join(f"{k} {v}" for k, v in dropped.items())
+        + f"; {int(bad_mask.sum())} in the whole dataset, e.g. "
+        + ", ".join(str(ds.paths[i]) for i in np.flatnonzero(bad_mask)[:3])
+        + ")"
+    )
+    print(
+        f"data: {cfg.dataset} at {root}: train {len(train_idx)}, val {len(splits['val'])}, "
+        f"test {len(splits['test'])}"
+    )
+    protocol.emit("info", undecodable_images=n_bad, undecodable_by_split=dropped)
+    for name, idx in (("train", train_idx), ("val", splits["val"]), ("test", splits["test"])):
+        if len(idx) == 0:
+            print(f"error: the {name} split is empty once undecodable images are dropped", file=sys.stderr)
+            sys.exit(2)
 augment = None
 if cfg.augment:
     augment = Augment(
@@ -200,7 +276,9 @@ if cfg.augment:
         contrast=cfg.contrast,
     )
 primary = next((t for t in tasks if t.kind != "regression"), None)
-loader_kw = {"device": device, "mean": mean, "std": std, "tasks": [t.name for t in tasks]}
+loader_kw: dict[str, Any] = {"device": device, "mean": mean, "std": std, "tasks": [t.name for t in tasks]}
+if cfg.random_crop:  # every loader takes an image_size window of the stored faces (random when training)
+    loader_kw.update(input_size=image_size, crop="random")
 train_loader = DeviceLoader(
     images,
     targets,
@@ -237,10 +315,10 @@ def evaluate(
     m.eval()
     outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
     with torch.no_grad(), autocast:
-        size = (
-            round(image_size * 256 / 227) if oversample_test else image_size
-        )  # Levi-Hassner: 227 crops of 256
-        for x, _ in DeviceLoader(images, targets, idx, eval_bs, input_size=size, **loader_kw):
+        kw = dict(loader_kw)
+        if oversample_test:  # Levi–Hassner: the whole stored face (256), cropped 10 times at image_size (227)
+            kw.update(input_size=stored_size, crop=None)
+        for x, _ in DeviceLoader(images, targets, idx, eval_bs, **kw):
             if oversample_test:  # 4 corners + centre and their mirrors, probabilities averaged
                 out = T.average_outputs(
                     m(oversample(x, image_size).contiguous(memory_format=memory_format)), tasks, 10
@@ -268,6 +346,9 @@ def evaluate(
                 y, pred, t.num_classes, ordinal=t.ordinal, class_names=t.classes, per_class=True
             )
             accs.append(r["acc"])
+            if t.label == "age_group" and config_mod.year_ranks(cfg):  # ranks are years: MAE in years
+                ok = np.asarray(y) >= 0
+                r["mae"] = float(np.abs(np.asarray(pred)[ok] - np.asarray(y)[ok]).mean()) if ok.any() else 0.0
         res.update({p + k: v for k, v in r.items()})
     if multi:  # aggregates, so the default sweep metrics (val/acc, val/mae) exist for multitask too
         if accs:
@@ -334,91 +415,103 @@ protocol.emit("info", wandb_run=logger.run_path, device=str(device), epochs=cfg.
 # ---------------------------------------------------------------------------------------------------------
 # training
 bad_epochs = 0 if best["epoch"] is None else (start_epoch - best["epoch"])
-for epoch in range(start_epoch, cfg.epochs):
-    if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
-        print(f"early stop: no better {metric_name} for {bad_epochs} epochs")
-        break
-    t0 = time.time()
-    model.train()
-    swa_on = swa is not None and swa.on(epoch)
-    schedule.active = not swa_on
-    total = torch.zeros((), device=device)  # summed on the device: no host sync per step
-    n_seen = 0
-    train_loader.epoch = epoch  # the epoch's order is seeded by (seed, epoch): reproducible and resumable
-    for step, (x, y) in enumerate(train_loader):
-        if step >= steps_per_epoch:
+
+
+def _refused(message: str) -> None:
+    logger.finish({"error": message}, exit_code=2)
+
+
+with determinism.refuse_nondeterministic(str(device), cfg.backbone, _refused):
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
+            print(f"early stop: no better {metric_name} for {bad_epochs} epochs")
             break
-        x = x.contiguous(memory_format=memory_format)
-        lr = schedule.step(global_step)
-        with autocast:
-            out = fwd(x)
-        loss, _ = T.compute_loss(out, y, tasks, **loss_kw)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        global_step += 1
-        total += loss.detach().float() * len(x)
-        n_seen += len(x)
-    train_loss = float(total) / max(1, n_seen)  # waits for the epoch's queued GPU work
-    train_s = time.time() - t0
-    if swa_on:
-        swa.epoch_end(model)
-    val, _ = evaluate(fwd, splits["val"], "val")
-    schedule.epoch_end(val.get("val/loss"))
-    metrics = {
-        **val,
-        "train/loss": train_loss,
-        "train/img_s": n_seen / max(train_s, 1e-9),  # training throughput (images/s, sync at epoch end)
-        "lr": optimizer.param_groups[head_group]["lr"],
-        "epoch_time": time.time() - t0,
-    }
-    history.append({"epoch": epoch + 1, "metrics": metrics})
-    logger.log(epoch + 1, metrics)  # queued first: a prune decision (SIGTERM) may follow the report at once
-    protocol.report(epoch + 1, reported(metrics))
-    improved = M.is_better(metrics[metric_name], best["value"], goal)
-    if improved:
-        best = {"value": metrics[metric_name], "epoch": epoch + 1, "metrics": metrics}
-        bad_epochs = 0
-        if cfg.save_best:
-            # "model" holds the backbone's own keys, so `pretrained: <run>/checkpoint_best.pt` loads it
-            # written aside and renamed: a copy taken meanwhile (remote sync) is never torn
-            tmp_best = rd.checkpoint_best.with_suffix(".pt.tmp")
-            torch.save(
-                {
-                    "model": net.state_dict(),
-                    "coral": model.coral.state_dict(),
-                    "epoch": epoch,
-                    "metric": metric_name,
-                    "value": best["value"],
-                    "config": config_mod.to_dict(cfg),
-                    "tasks": T.describe(tasks),
-                },
-                tmp_best,
-            )
-            os.replace(tmp_best, rd.checkpoint_best)
-    else:
-        bad_epochs += 1
-    ck = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "swa": swa.state_dict() if swa else None,
-        "epoch": epoch,
-        "global_step": global_step,
-        "history": history,
-        "best": best,
-        "rng": rng_state(),
-        "config": config_mod.to_dict(cfg),
-    }
-    tmp = rd.checkpoint_last.with_suffix(".pt.tmp")
-    torch.save(ck, tmp)
-    os.replace(tmp, rd.checkpoint_last)
-    protocol.checkpoint(epoch + 1, rd.checkpoint_last.name)  # a remote trial's controller copies it back now
-    print(
-        f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in reported(metrics).items())
-    )
+        t0 = time.time()
+        model.train()
+        swa_on = swa is not None and swa.on(epoch)
+        schedule.active = not swa_on
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per step
+        n_seen = 0
+        train_loader.epoch = epoch  # the epoch's order is seeded by (seed, epoch): reproducible and resumable
+        for step, (x, y) in enumerate(train_loader):
+            if step >= steps_per_epoch:
+                break
+            x = x.contiguous(memory_format=memory_format)
+            lr = schedule.step(global_step)
+            with autocast:
+                out = fwd(x)
+            loss, _ = T.compute_loss(out, y, tasks, **loss_kw)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            global_step += 1
+            total += loss.detach().float() * len(x)
+            n_seen += len(x)
+        train_loss = float(total) / max(1, n_seen)  # waits for the epoch's queued GPU work
+        train_s = time.time() - t0
+        if swa_on:
+            swa.epoch_end(model)
+        val, _ = evaluate(fwd, splits["val"], "val")
+        schedule.epoch_end(val.get("val/loss"))
+        metrics = {
+            **val,
+            "train/loss": train_loss,
+            "train/img_s": n_seen / max(train_s, 1e-9),  # training throughput (images/s, sync at epoch end)
+            "lr": optimizer.param_groups[head_group]["lr"] / (cfg.head_lr_mult or 1.0),  # the schedule's lr
+            "epoch_time": time.time() - t0,
+        }
+        history.append({"epoch": epoch + 1, "metrics": metrics})
+        logger.log(
+            epoch + 1, metrics
+        )  # queued first: a prune decision (SIGTERM) may follow the report at once
+        protocol.report(epoch + 1, reported(metrics))
+        improved = M.is_better(metrics[metric_name], best["value"], goal)
+        if improved:
+            best = {"value": metrics[metric_name], "epoch": epoch + 1, "metrics": metrics}
+            bad_epochs = 0
+            if cfg.save_best:
+                # "model" holds the backbone's own keys, so `pretrained: <run>/checkpoint_best.pt` loads it
+                # written aside and renamed: a copy taken meanwhile (remote sync) is never torn
+                tmp_best = rd.checkpoint_best.with_suffix(".pt.tmp")
+                torch.save(
+                    {
+                        "model": net.state_dict(),
+                        "coral": model.coral.state_dict(),
+                        "epoch": epoch,
+                        "metric": metric_name,
+                        "value": best["value"],
+                        "config": config_mod.to_dict(cfg),
+                        "tasks": T.describe(tasks),
+                    },
+                    tmp_best,
+                )
+                os.replace(tmp_best, rd.checkpoint_best)
+        else:
+            bad_epochs += 1
+        ck = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "swa": swa.state_dict() if swa else None,
+            "epoch": epoch,
+            "global_step": global_step,
+            "history": history,
+            "best": best,
+            "rng": rng_state(),
+            "config": config_mod.to_dict(cfg),
+        }
+        tmp = rd.checkpoint_last.with_suffix(".pt.tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, rd.checkpoint_last)
+        protocol.checkpoint(
+            epoch + 1, rd.checkpoint_last.name
+        )  # a remote trial's controller copies it back now
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: "
+            + " ".join(f"{k}={v:.4g}" for k, v in reported(metrics).items())
+        )
 
 # ---------------------------------------------------------------------------------------------------------
 # the final model, test metrics, summary
@@ -430,7 +523,8 @@ elif cfg.save_best and rd.checkpoint_best.exists():
     best_ck = torch.load(rd.checkpoint_best, map_location="cpu", weights_only=False)
     net.load_state_dict(best_ck["model"])
     model.coral.load_state_dict(best_ck["coral"])
-test, test_preds = evaluate(final, splits["test"], "test", oversample_test=cfg.oversample_test)
+with determinism.refuse_nondeterministic(str(device), cfg.backbone, _refused):
+    test, test_preds = evaluate(final, splits["test"], "test", oversample_test=cfg.oversample_test)
 summary: dict[str, Any] = {k: v for k, v in reported(best["metrics"]).items() if k.startswith("val/")}
 summary.update({"best_epoch": best["epoch"], "epochs_run": len(history), metric_name: best["value"]})
 val_final, val_preds = evaluate(final, splits["val"], "val_swa" if swa_used else "val")

@@ -476,15 +476,18 @@ def datasets_check(
     name: Annotated[str, typer.Argument(help="adience, celeba or utkface")],
     root: Annotated[Path, typer.Option(help="Dataset root.")],
     fmt: Annotated[PlanFormat, typer.Option("--format")] = PlanFormat.table,
+    images: Annotated[
+        bool, typer.Option("--images/--no-images", help="Decode every image (counts the undecodable ones).")
+    ] = True,
 ) -> None:
-    """Counts per split/fold and label, and every problem found."""
+    """Counts per split/fold and label, and every problem found (undecodable images: training drops them)."""
     from orchestrator.rundir import with_project_on_path
 
     with_project_on_path()
     try:
         from datasets.check import check
 
-        report = check(name, root)
+        report = check(name, root, verify_images=images)
     except OrchestrateError as exc:
         _fail(exc)
         return

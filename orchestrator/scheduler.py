@@ -75,6 +75,17 @@ class _Part:
     unwritten: list[str] = field(default_factory=list)  # metrics.jsonl lines a full disk did not take yet
 
 
+#: the seed of every trial of a sweep that does not set ``seed`` (the 400-models study's): grid points then
+#: differ only in their swept values; ``seed`` as a parameter (or ``seeds: [..]``) sets it per trial
+DEFAULT_SEED = 42
+
+
+def trial_seed(params: dict[str, Any]) -> int:
+    """trial.json's ``seed``: the trial's ``seed`` parameter when it has one, else :data:`DEFAULT_SEED`."""
+    seed = params.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else DEFAULT_SEED
+
+
 @dataclass
 class _Running:
     """Controller-side state of one running trial (one Optuna trial, one or more jobs)."""
@@ -433,7 +444,7 @@ class Controller(Coordination):
                     "metric": {"name": spec.metric.name, "goal": spec.metric.goal} if spec.metric else None,
                     "project": spec.project,
                     "data_root": getattr(spec, "data_root", None),
-                    "seed": number,
+                    "seed": trial_seed(nested),
                     "slot": slot.id,
                 }
             )

@@ -72,6 +72,7 @@ OUR_SWEEP_KEYS = (
     "wandb",
     "data_root",
     "folds",
+    "seeds",
     "depends_on",
     "init_from",
     "on_oom",
@@ -501,6 +502,10 @@ def _parse_sweep(
                 hint="rename one of them",
             )
         names[p.name] = p
+    seeds = _parse_seeds(ctx, d, prefix, method, names)
+    if seeds is not None:  # one more grid dimension: the leaderboard shows each point's mean ± std over seeds
+        params = [*params, Param(path=("seed",), kind="categorical", values=seeds, line=d.line_of("seeds"))]
+        names["seed"] = params[-1]
     space = ParamSpace(params, file=str(ctx.file), key=pkey)
     if method == "grid":
         space.check_grid()
@@ -599,6 +604,45 @@ def _parse_folds(
             hint="remove the 'fold' parameter: 'folds' runs every fold of each configuration",
         )
     return tuple(int(f) for f in raw)
+
+
+def _parse_seeds(
+    ctx: _Ctx, d: LineDict, prefix: str, method: str, names: dict[str, Param]
+) -> tuple[int, ...] | None:
+    """``seeds: [1, 2, 3]``: each grid point runs once per seed (parameter ``seed``); without it every trial of
+    a sweep has the same seed (42), so grid points differ only in the swept values."""
+    if "seeds" not in d or d["seeds"] is None:
+        return None
+    key, line = _key(prefix, "seeds"), d.line_of("seeds")
+    raw = d["seeds"]
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in raw)
+    ):
+        ctx.fail(
+            "'seeds' must be a non-empty list of seeds (integers >= 0)",
+            line,
+            key,
+            hint="e.g. seeds: [1, 2, 3]",
+        )
+    if len(set(raw)) != len(raw):
+        ctx.fail("a seed is listed twice", line, key)
+    if method != "grid":
+        ctx.fail(
+            f"'seeds' repeats every point of a grid; this sweep has method: {method}",
+            line,
+            key,
+            hint="use method: grid, or sweep the parameter 'seed' itself",
+        )
+    if "seed" in names:
+        ctx.fail(
+            "'seed' is both a parameter and set by 'seeds'",
+            names["seed"].line,
+            _key(prefix, "parameters.seed"),
+            hint="remove the 'seed' parameter: 'seeds' runs every configuration once per seed",
+        )
+    return tuple(int(v) for v in raw)
 
 
 def _parse_init_from(

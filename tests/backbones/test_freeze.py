@@ -82,3 +82,65 @@ def test_data_config_timm_from_model() -> None:
     assert (
         mb["input_size"] == (3, 128, 128) and mb["mean"] == (0.0, 0.0, 0.0) and mb["std"] == (1.0, 1.0, 1.0)
     )
+
+
+def _norm_stats(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in m.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("name, spec", [("resnet18", "backbone"), ("basic_cnn", "backbone")])
+def test_frozen_norms_stay_in_eval_and_keep_their_running_stats(name: str, spec: str) -> None:
+    """model.train() (every epoch) must not put frozen BatchNorm back in train mode: stats would drift."""
+    kw = {"base_features": 8, "num_layers": 2, "hidden": 16, "img_size": 32} if name == "basic_cnn" else {}
+    m = create_backbone(name, 3, **kw)
+    norms = {n for n, mod in m.named_modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)}
+    assert norms
+    freeze(m, spec)
+    before = _norm_stats(m)
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(3):  # what an epoch does: train(), forward on fresh batches, step
+        m.train()
+        assert m.training
+        assert not [n for n, mod in m.named_modules() if n in norms and mod.training]
+        loss = m(torch.randn(8, 3, 32, 32) * 3 + 1).logsumexp(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = _norm_stats(m)
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    # unfreezing gives them back their normal train/eval behaviour
+    unfreeze(m)
+    m.train()
+    assert all(mod.training for n, mod in m.named_modules() if n in norms)
+    m(torch.randn(4, 3, 32, 32) * 3 + 1)
+    assert not torch.equal(_norm_stats(m)[next(iter(before))], before[next(iter(before))])
+
+
+def test_until_freezes_only_the_norms_it_covers() -> None:
+    m = create_backbone("resnet18", 3)
+    freeze(m, "until:layer2")
+    m.train()
+    training = {n: mod.training for n, mod in m.named_modules() if isinstance(mod, torch.nn.BatchNorm2d)}
+    assert not any(t for n, t in training.items() if n.startswith(("bn1", "layer1.", "layer2.")))
+    assert all(t for n, t in training.items() if n.startswith(("layer3.", "layer4.")))
+    freeze(m, "none")  # re-freezing from scratch releases them
+    m.train()
+    assert all(mod.training for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+
+
+def test_caffe_lr_multipliers_per_parameter() -> None:
+    """Levi–Hassner's solver: biases at 2× their layer's lr, the last layer (the heads) at 10×."""
+    m = create_backbone("levi_hassner", {"gender": 2, "age_group": 8}, img_size=64)
+    groups = param_groups(
+        m, lr=1e-3, weight_decay=5e-4, head_lr_mult=10, bias_lr_mult=2, backbone_lr_mult=0.5
+    )
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert len(lr_of) == len(list(m.parameters()))
+    for n, p in m.named_parameters():
+        want = 1e-3 * (10 if n.startswith("head.") else 0.5) * (2 if n.endswith(".bias") else 1)
+        assert lr_of[id(p)] == pytest.approx(want, rel=1e-12), n
+        assert wd_of[id(p)] == (0.0 if p.ndim == 1 else 5e-4), n
+    assert {g["name"] for g in groups} == {"backbone", "backbone_bias_no_decay", "head", "head_bias_no_decay"}

@@ -77,3 +77,36 @@ def test_register_custom_backbone() -> None:
 def test_pretrained_true_for_ours_is_unavailable() -> None:
     with pytest.raises(WeightsUnavailableError, match="pretrained: /path"):
         create_backbone("levi_hassner", 2, pretrained=True, img_size=64)
+
+
+def test_timm_models_with_the_reports_multi_layer_heads() -> None:
+    """MobileNetV2 report: FC 1024 → 512 → 512 with a dropout per layer on the pooled features; Keras report's
+    Model B: per output its own FC branch (2 hidden layers), nothing shared after the trunk."""
+    import torch
+
+    from backbones import create_backbone, freeze, head_names, replace_heads
+
+    m = create_backbone("mobilenetv2_100", 2, head_hidden=[1024, 512, 512], head_dropout=[0.5, 0.3, 0.2])
+    seq = m.heads.branches["out"]
+    lin = [mod for mod in seq if isinstance(mod, torch.nn.Linear)]
+    assert [(x.in_features, x.out_features) for x in lin] == [(1280, 1024), (1024, 512), (512, 512), (512, 2)]
+    assert [mod.p for mod in seq if isinstance(mod, torch.nn.Dropout)] == [0.5, 0.3, 0.2]
+    assert head_names(m) == ["heads"]
+    freeze(m, "backbone")
+    trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert trainable == 1280 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 512 + 512 + 512 * 2 + 2
+    m.eval()
+    assert m(torch.randn(2, 3, 64, 64)).shape == (2, 2)
+
+    b = create_backbone("resnet18", {"age": 1, "gender": 2}, head_hidden=[256, 128], head_dropout=0.25)
+    assert set(b.heads.branches) == {"age", "gender"}
+    assert b.heads.branches["age"][0].weight.data_ptr() != b.heads.branches["gender"][0].weight.data_ptr()
+    b.eval()
+    assert {k: tuple(v.shape) for k, v in b(torch.randn(2, 3, 64, 64)).items()} == {
+        "age": (2, 1),
+        "gender": (2, 2),
+    }
+    b2 = replace_heads(b, {"gender": 2})
+    assert list(b2.heads.branches) == ["gender"] and b2.heads.branches["gender"][0].out_features == 256
+    with pytest.raises(ValueError, match="head_dropout"):
+        create_backbone("resnet18", 2, head_hidden=[64, 32], head_dropout=[0.1])

@@ -57,7 +57,7 @@ def test_corrupt_image_counted(synth_root, tmp_path: Path) -> None:
     arr = decoded(ds, 16)
     assert ds.problems["bad_images"] == 1 and ds.info["bad_mask"][7] and not arr[7].any()
     rep = check("celeba", root, verify_images=True)
-    assert rep["ok"] and rep["problems"]["corrupt_images"] == 1
+    assert rep["ok"] and rep["problems"]["undecodable_images"] == 1
     for i in (8, 9, 10, 11):
         ds.abspath(i).write_bytes(b"junk")
     with pytest.raises(DataError, match="could not be decoded"):

@@ -9,8 +9,10 @@ from datasets.pipeline import (  # noqa: E402
     Augment,
     DeviceLoader,
     average_oversampled,
+    center_crop,
     class_weights,
     oversample,
+    random_crop,
 )
 
 
@@ -122,3 +124,45 @@ _NO_GEOMETRY = {
     "brightness": 0.0,
     "contrast": 0.0,
 }
+
+
+def _coords(n: int, size: int) -> np.ndarray:
+    """Image k's pixel (i, j) holds (i, j, k): a crop tells where it was taken from."""
+    img = np.zeros((n, size, size, 3), np.uint8)
+    img[..., 0] = np.arange(size)[None, :, None]
+    img[..., 1] = np.arange(size)[None, None, :]
+    img[..., 2] = np.arange(n)[:, None, None]
+    return img
+
+
+def test_levi_hassner_crops_are_whole_pixel_windows_of_the_stored_faces() -> None:
+    """Training: random 8-px windows of 10-px images at every whole-pixel offset, never rescaled; evaluation: the
+    centre window (offset 1, 1), the same one ``oversample`` takes as its 5th crop."""
+    img = _coords(6, 10)
+    labels = {"gender": np.array([0, 1] * 3)}
+    unit = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255,) * 3}  # x = the pixel values themselves
+    ev = DeviceLoader(img, labels, np.arange(6), 6, input_size=8, crop="center", **unit)
+    x, _ = next(iter(ev))
+    assert x.shape == (6, 3, 8, 8)
+    assert torch.equal(x[:, 0], torch.arange(1.0, 9.0).view(1, 8, 1).expand(6, 8, 8))
+    assert torch.equal(x[:, 1], torch.arange(1.0, 9.0).view(1, 1, 8).expand(6, 8, 8))
+    whole = torch.from_numpy(img).permute(0, 3, 1, 2).float()
+    assert torch.equal(x, oversample(whole, 8).view(6, 10, 3, 8, 8)[:, 4])
+    tr = DeviceLoader(
+        img, labels, np.arange(6), 3, train=True, input_size=8, crop="random", augment=False, seed=1, **unit
+    )
+    offsets = set()
+    for _ in range(30):
+        for x, _ in tr:
+            for b in range(len(x)):
+                t, left, k = int(x[b, 0, 0, 0]), int(x[b, 1, 0, 0]), int(x[b, 2, 0, 0])
+                assert torch.equal(x[b], whole[k, :, t : t + 8, left : left + 8])
+                offsets.add((t, left))
+    assert offsets == {(t, left) for t in range(3) for left in range(3)}
+    # the functions themselves, on NHWC tensors
+    u8 = torch.from_numpy(img)
+    assert torch.equal(center_crop(u8, (6, 4)), u8[:, 2:8, 3:7])
+    r = random_crop(u8, (10, 10), torch.Generator().manual_seed(0))
+    assert torch.equal(r, u8)  # a crop the size of the image: the image
+    with pytest.raises(ValueError, match="larger than the stored images"):
+        DeviceLoader(img, labels, np.arange(6), 3, input_size=12, crop="center")

@@ -10,6 +10,7 @@ from torch import nn
 
 from experiments.config import OPTIMIZERS, resolve
 from experiments.optim import SWA, LRSchedule, build_optimizer
+from orchestrator.errors import SpecError
 
 
 def _model() -> nn.Module:
@@ -125,3 +126,54 @@ def test_swa_averages_and_updates_bn() -> None:
     swa2 = SWA(cfg, _model(), build_optimizer(cfg, _model().parameters()))
     swa2.load_state_dict(state)
     assert swa2.updates == 2
+
+
+def test_caffe_step_schedule_in_iterations_and_lr_multipliers() -> None:
+    """schedule: step with step_iters: lr × gamma every N training iterations (not epochs), applied to every
+    param group's own lr (bias ×2, last layer ×10)."""
+    from backbones import create_backbone, param_groups
+
+    cfg = resolve(
+        {"optimizer": "sgd", "lr": 0.01, "schedule": "step", "step_iters": 5, "gamma": 0.1,
+         "head_lr_mult": 10, "bias_lr_mult": 2}
+    )  # fmt: skip
+    m = create_backbone("levi_hassner", 2, img_size=64)
+    groups = param_groups(m, lr=cfg.lr, head_lr_mult=cfg.head_lr_mult, bias_lr_mult=cfg.bias_lr_mult)
+    opt = build_optimizer(cfg, groups)
+    sched = LRSchedule(cfg, opt, steps_per_epoch=3)  # 3 iterations an epoch: epochs would decay elsewhere
+    base = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert base == pytest.approx({"backbone": 0.01, "backbone_bias_no_decay": 0.02, "head": 0.1,
+                                  "head_bias_no_decay": 0.2})  # fmt: skip
+    for step, f in [(0, 1.0), (4, 1.0), (5, 0.1), (9, 0.1), (10, 0.01), (14, 0.01), (15, 0.001)]:
+        sched.step(step)
+        assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx(
+            {k: v * f for k, v in base.items()}
+        )
+    with pytest.raises(SpecError, match="step_iters"):
+        resolve({"schedule": "cosine", "step_iters": 5})
+
+
+def test_swa_keeps_the_running_stats_of_frozen_norms() -> None:
+    """SWA's final BatchNorm pass recomputes the trainable norms' statistics, never the frozen ones'."""
+    from backbones import create_backbone, freeze
+
+    torch.manual_seed(0)
+    m = create_backbone("basic_cnn", 2, img_size=16, num_layers=2, base_features=4, hidden=8)
+    with torch.no_grad():  # pretrained-like statistics, far from the reset values (0, 1)
+        for bn in (mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)):
+            bn.running_mean.fill_(3.0)
+            bn.running_var.fill_(5.0)
+    freeze(m, "until:block1")
+    cfg = resolve({"swa": True, "epochs": 2, "swa_start": 0})
+    swa = SWA(cfg, m, build_optimizer(cfg, [p for p in m.parameters() if p.requires_grad]))
+    swa.epoch_end(m)
+    batches = [(torch.randn(8, 3, 16, 16), None) for _ in range(3)]
+    out = swa.finish(batches, torch.device("cpu"))
+    bns = {n: mod for n, mod in out.named_modules() if isinstance(mod, nn.BatchNorm2d)}
+    frozen = [n for n in bns if n.startswith("module.block1.")]
+    assert frozen and len(frozen) < len(bns)
+    for n, bn in bns.items():
+        if n in frozen:
+            assert torch.equal(bn.running_mean, torch.full_like(bn.running_mean, 3.0)), n
+        else:
+            assert not torch.allclose(bn.running_mean, torch.full_like(bn.running_mean, 3.0)), n

@@ -196,6 +196,7 @@ def test_multitask_options_and_pretrained_trunk(
         "loss_weights": {"coral": 1, "gender": 2, "age": 1},
         "pretrained": str(gender_run[0].checkpoint_best),
         "oversample_test": True,
+        "random_crop": True,
         "swa": True,
         "swa_start": 1,
         "weighted_sampler": True,
@@ -222,6 +223,8 @@ def test_multitask_options_and_pretrained_trunk(
     rd = make_run(tmp_path / "00002", params, {"name": "val/mae", "goal": "minimize"})
     rc, events, out = train(rd, env, WANDB_MODE="disabled")
     assert rc == 0, out
+    # Levi–Hassner geometry: faces stored at round(32 * 256 / 227) = 36 px, cropped (never rescaled) to 32
+    assert "input: faces at 36 px; random 32 px crops (train), the centre crop (val), 10 crops (test)" in out
     assert not (rd.path / "wandb").exists()
     m = of(events, "metrics")[0]["metrics"]
     assert set(m) == {
@@ -281,3 +284,111 @@ def test_utkface_ethnicity_early_stopping_and_data_options(env: dict[str, str], 
     assert s["best_epoch"] == 1 and s["epochs_run"] == 2 and "test/acc" in s
     n_train = int(re.search(r"data: utkface at \S+: train (\d+)", out).group(1))
     assert 0 < n_train <= 0.5 * 0.6 * TINY["synthetic_limit"] + 1  # data_fraction of the 60 % train split
+
+
+@pytest.mark.parametrize("pretrained_heads", [False, True])
+def test_frozen_backbone_keeps_trunk_and_norm_stats_and_replaces_heads(
+    gender_run: tuple[RunDir, list[dict[str, Any]]],
+    env: dict[str, str],
+    tmp_path: Path,
+    pretrained_heads: bool,
+) -> None:
+    """Fine-tuning with `freeze: backbone` from a checkpoint: after an epoch every trunk tensor, BatchNorm running
+    statistics included, is bit-for-bit the checkpoint's; the heads are fresh (replaced) unless
+    `pretrained_heads: true`."""
+    src = torch.load(gender_run[0].checkpoint_best, map_location="cpu", weights_only=False)["model"]
+    params = {
+        **TINY,
+        "task": "gender",
+        "pretrained": str(gender_run[0].checkpoint_best),
+        "pretrained_heads": pretrained_heads,
+        "freeze": "backbone",
+        "epochs": 1,
+        "lr": 1e-9,  # the heads barely move: what is left is how they were initialised
+        "augment": False,
+    }
+    rd = make_run(tmp_path / "00009", params)
+    rc, _, out = train(rd, env, WANDB_MODE="disabled")
+    assert rc == 0, out
+    got = torch.load(rd.checkpoint_best, map_location="cpu", weights_only=False)["model"]
+    assert got.keys() == src.keys()
+    trunk = [k for k in src if not k.startswith("head.")]
+    assert any("running_mean" in k for k in trunk)
+    for k in trunk:
+        assert torch.equal(got[k], src[k]), k
+    head_diff = max(float((got[k] - src[k]).abs().max()) for k in src if k.startswith("head."))
+    if pretrained_heads:
+        assert head_diff < 1e-6
+    else:
+        assert head_diff > 1e-3
+
+
+def test_undecodable_images_are_dropped_and_counted(env: dict[str, str], tmp_path: Path) -> None:
+    """A corrupt JPEG in the real Adience layout is left out of training and evaluation (not a black frame),
+    and the trial's log says how many were dropped from which split."""
+    from datasets import open_dataset
+    from datasets.synth import synthesize
+
+    root = synthesize("adience", tmp_path / "adience", limit=240, size=32, seed=5)
+    ds = open_dataset("adience", root)
+    splits = ds.split(test_fold=0, val_fraction=0.1, seed=0, require="gender")
+    broken = [int(splits["train"][3]), int(splits["train"][10]), int(splits["test"][0])]
+    for i in broken:
+        ds.abspath(i).write_bytes(b"\xff\xd8\xff\xe0 truncated, not a JPEG")
+    rd = make_run(tmp_path / "00010", {**TINY, "task": "gender", "data_root": str(root), "epochs": 1})
+    rc, events, out = train(rd, env, WANDB_MODE="disabled")
+    assert rc == 0, out
+    n = {k: len(v) for k, v in splits.items()}
+    assert f"train {n['train'] - 2}, val {n['val']}, test {n['test'] - 1}" in out
+    assert "dropped 3 undecodable images (train 2, val 0, test 1;" in out
+    info = [e for e in of(events, "info") if "undecodable_images" in e]
+    assert info and info[0]["undecodable_images"] == 3
+
+
+def test_deterministic_runs_reproduce_bit_for_bit(env: dict[str, str], tmp_path: Path) -> None:
+    """Two runs with deterministic: true and the same seed report identical values (every epoch, the summary)."""
+    params = {
+        **TINY,
+        "task": "age_group",
+        "deterministic": True,
+        "seed": 11,
+        "crop_scale": 0.8,
+        "rotate": 5.0,
+    }
+    runs = []
+    for name in ("00020", "00021"):
+        rd = make_run(tmp_path / name, params)
+        rc, events, out = train(rd, env, WANDB_MODE="disabled")
+        assert rc == 0, out
+        runs.append([(e["event"], e.get("metrics")) for e in events if e["event"] in ("metrics", "summary")])
+    assert runs[0] == runs[1] and len(runs[0]) == 3
+
+
+def test_coral_protocol_fixed_lists_ages_21_60_mae_in_years(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CORAL as published: UTKFace's fixed train/test lists, ages 21-60 as 40 one-year ranks, MAE in years."""
+    import numpy as np
+
+    params = {**TINY, "dataset": "utkface", "task": "coral", "age_range": [21, 60], "split_lists": "coral",
+              "epochs": 1}  # fmt: skip
+    rd = make_run(tmp_path / "00030", params, {"name": "val/mae", "goal": "minimize"})
+    rc, events, out = train(rd, env, WANDB_MODE="disabled")
+    assert rc == 0, out
+    s = of(events, "summary")[0]["metrics"]
+    assert {"val/mae", "test/mae", "test/acc", "test/one_off"} <= set(s)
+    conf = json.loads((rd.path / "confusion.json").read_text())["test/coral"]
+    assert conf["classes"] == [str(a) for a in range(21, 61)]
+    m = np.asarray(conf["matrix"])  # rows: true rank, columns: predicted rank (one year each)
+    ranks = np.arange(40)
+    by_hand = float((m * np.abs(ranks[:, None] - ranks[None, :])).sum() / m.sum())
+    assert s["test/mae"] == pytest.approx(by_hand)
+    # the test set is exactly the CORAL test list's files present in the synthetic root
+    from datasets import ensure_synthetic, open_dataset
+
+    monkeypatch.setenv("ORCHESTRATE_CACHE_DIR", env["ORCHESTRATE_CACHE_DIR"])
+    root = ensure_synthetic("utkface", limit=240, size=32, seed=0)
+    ds = open_dataset("utkface", root)
+    expected = ds.split(lists="coral", val_fraction=0.1, seed=0)
+    assert m.sum() == len(expected["test"])
+    assert f"test {len(expected['test'])}" in out

@@ -645,7 +645,10 @@ def _trial(req: dict[str, Any], fds: list[int], ready: int, close: list[Any]) ->
         os.set_inheritable(life, False)
         os.environ.clear()
         os.environ.update(req["env"])
+        here = os.getcwd()
         os.chdir(req["cwd"])
+        if sys.path and sys.path[0] == here:  # `python -m` looks in the trial's directory, not the daemon's
+            sys.path[0] = os.getcwd()
         grace = float(req.get("grace", 10))
         threading.Thread(target=_lifeline, args=(life, grace), daemon=True, name="lifeline").start()
         code = run_as_main(req["module"], req["args"])

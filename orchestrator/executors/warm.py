@@ -395,7 +395,13 @@ class WarmExecutor(Executor):
             place = None
             if root is not None:
                 denv = self._daemon_env(env)
-                place = remote._zygote_place(denv, str(cwd), code_version(str(cwd), denv), root)
+                # the directory is not part of the key (a trial's sys.path[0] becomes its own directory) unless
+                # a relative PYTHONPATH entry depends on it; the packages found from it are, in the version
+                relative = any(
+                    p and not os.path.isabs(p) for p in denv.get("PYTHONPATH", "").split(os.pathsep)
+                )
+                version = code_version(str(cwd), denv)
+                place = remote._zygote_place(denv, str(cwd) if relative else "", version, root)
             self.places[key] = place
         return self.places[key]
 

@@ -61,17 +61,18 @@ def code(tmp_path: Path) -> Path:
     src.mkdir()
     (src / "warmprobe.py").write_text(PROBE)
     (src / "warmtrial.py").write_text(TRIAL)
-    # a package of the preloaded code (found first, in the trials' directory): its sources key the daemon
-    (tmp_path / "experiments").mkdir()
-    (tmp_path / "experiments" / "__init__.py").write_text("VERSION = 1\n")
+    # a package of the preloaded code (found first, on the trials' PYTHONPATH): its sources key the daemon
+    (src / "experiments").mkdir()
+    (src / "experiments" / "__init__.py").write_text("VERSION = 1\n")
     return src
 
 
 class Launch:
     """One controller's executor (a launch) with a daemon kept between launches."""
 
-    def __init__(self, tmp_path: Path, code: Path, **extra: str) -> None:
+    def __init__(self, tmp_path: Path, code: Path, cwd: Path | None = None, **extra: str) -> None:
         self.tmp, self.code, self.extra = tmp_path, code, extra
+        self.cwd = cwd or tmp_path
         self.events: queue.Queue[tuple[str, Job, Any]] = queue.Queue()
         self.ex = WarmExecutor(self.events, preload=("warmprobe",))
         assert self.ex.keep
@@ -91,7 +92,7 @@ class Launch:
         env.update(self.extra)
         return env
 
-    def start(self, n: int, sleep: float = 0) -> list[Job]:
+    def start(self, n: int, sleep: float = 0, module: str = "warmtrial") -> list[Job]:
         """``n`` trials on ``n`` slots at once."""
         jobs = []
         for slot in _slots(n):
@@ -100,16 +101,16 @@ class Launch:
                 key=key,
                 slot=slot,
                 run_dir=RunDir(self.tmp / "runs" / key),
-                argv=[sys.executable, "-u", "-m", "warmtrial", f"--sleep={sleep}"],
+                argv=[sys.executable, "-u", "-m", module, f"--sleep={sleep}"],
             )
             job.run_dir.create()
-            self.ex.submit(job, self.env(slot, job), self.tmp)
+            self.ex.submit(job, self.env(slot, job), self.cwd)
             jobs.append(job)
         return jobs
 
-    def run(self, n: int, sleep: float = 0) -> list[tuple[int, dict[str, Any]]]:
+    def run(self, n: int, sleep: float = 0, module: str = "warmtrial") -> list[tuple[int, dict[str, Any]]]:
         """Each trial's exit status and its info event."""
-        return self.wait(self.start(n, sleep))
+        return self.wait(self.start(n, sleep, module))
 
     def wait(self, jobs: list[Job]) -> list[tuple[int, dict[str, Any]]]:
         info: dict[str, dict[str, Any]] = {}
@@ -146,9 +147,13 @@ def test_a_second_launch_reuses_the_zygote_and_status_shows_it(tmp_path: Path, c
     (pid,) = daemon
     first.ex.close()
     other.ex.close()
-    # the next launch: no import, the same daemon forks its trial
-    again = Launch(tmp_path, code).run(1)
+    # the next launch, from another directory whose module only it has: no import, the same daemon forks it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "only_here.py").write_text(TRIAL)
+    again = Launch(tmp_path, code, cwd=elsewhere).run(1, module="only_here")
     assert again[0][0] == 0 and again[0][1]["ppid"] == pid and len(_imports(tmp_path)) == 1
+    assert again[0][1]["cwd"] == str(elsewhere) and again[0][1]["preloaded"]
     (z,) = zygotes(rt)
     assert z["pid"] == pid and z["served"] == 5 and z["running"] == 0 and z["cwd"] == str(tmp_path)
     assert z["python"] == sys.executable and z["env"]["ORCHESTRATE_PRELOAD"] == "warmprobe"
@@ -162,7 +167,7 @@ def test_changed_code_gets_a_new_zygote_and_the_stale_one_leaves(
     ((rc, info),) = Launch(tmp_path, code).run(1)
     old = info["ppid"]
     assert rc == 0 and _listening(rt) and len(_imports(tmp_path)) == 1
-    (tmp_path / "experiments" / "__init__.py").write_text("VERSION = 2\n")
+    (code / "experiments" / "__init__.py").write_text("VERSION = 2\n")
     ((rc, info),) = Launch(tmp_path, code).run(1)
     assert rc == 0 and info["ppid"] != old and len(_imports(tmp_path)) == 2
     _wait_until(lambda: not _alive(old))  # it saw its code change

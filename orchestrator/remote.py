@@ -29,8 +29,8 @@ torch/timm/… imports (orchestrator/executors/warm.py's ``PRELOAD``; ``ORCHESTR
 paid once per box, not once per trial. One daemon per (interpreter, working directory, the start-up environment
 of ``ZYGOTE_ENV``), listening on a Unix socket ``WORKDIR/.orchestrate/zygote/HASH.sock`` (a private
 directory under /tmp when that path is too long for a socket). The first launcher that finds no daemon starts
-one (detached: double fork, setsid, its messages in ``HASH.log``; a lock file held for the daemon's life makes
-it one) and runs its own trial fresh rather than wait for the imports. Later launchers send the request
+one (detached: double fork, setsid, its messages in ``HASH.log``; a lock file held while the daemon listens
+makes it one) and runs its own trial fresh rather than wait for the imports. Later launchers send the request
 (module, args, environment, directory) with three descriptors: the session's stdout and stderr, and the read end
 of a **lifeline** pipe whose write end only the launcher holds. The daemon forks the trial (its own session,
 those descriptors, the environment and directory applied, the module run as ``__main__``), answers
@@ -40,7 +40,10 @@ start-up variables: no trial's secrets live on in it. The trial watches its life
 ``remote.pid`` and ``--kill`` work as for a fresh trial: its pid is its process group. A daemon with no trial
 and no connection for ``ORCHESTRATE_ZYGOTE_IDLE_S`` seconds (600), or whose socket was removed, or sent SIGTERM,
 or whose code was replaced by a newer sync (``.orchestrate/code_version``), removes its socket and exits once
-its trials ended.
+its trials ended. A connection that sends ``{"status": 1}`` (no descriptors) gets the daemon's ``info()``.
+
+The controller's own warm zygote is this daemon too, run with ``--local`` (orchestrator/executors/warm.py): its
+code version is then a hash of the sources and packages it preloads, checked every 5 s.
 
 Standard library only (plus orchestrator.protocol): this runs on boxes before anything else is checked.
 """

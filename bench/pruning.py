@@ -26,7 +26,7 @@ unit, no start-up cost), over ``--orders`` orders, and prints epochs/time ratios
 Zygote. With ``--workers warm`` and the zygote kept between launches (the default; ``ORCHESTRATE_ZYGOTE=0``
 gives each launch its own), the first launch would pay the imports and every later one find them done, which
 would favour whichever runs later. So ``--heat`` (the default then) first runs one short launch (one config,
-one epoch) that starts the daemon, and every measured launch, ``none`` included, starts hot; ``--no-heat``
+one epoch, on as many slots: their thread count is part of the key) that starts the daemon, and every measured launch, ``none`` included, starts hot; ``--no-heat``
 skips it. The JSON says which (``zygote``). Its launches set ``ORCHESTRATE_ZYGOTE_IDLE_S=60``: the bench's
 daemon is its own, and leaves a minute after the last run.
 
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
         base = args.workdir or Path(tmp)
         if heat:
-            r = run_one(base / "heat", [0], 1, 1, None, args.workers)
+            r = run_one(base / "heat", [0], 1, args.slots, None, args.workers)  # slots: the same threads
             print(f"heat: {r['wall_s']} s (the zygote's imports)", flush=True)
         for k in range(args.orders):
             order = list(range(args.configs))

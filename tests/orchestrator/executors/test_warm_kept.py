@@ -284,3 +284,69 @@ def test_two_real_launches_share_one_zygote_and_status_lists_it(tmp_path: Path, 
     (z,) = report["zygotes"]
     assert z["served"] == 4 and z["cwd"] == str(tmp_path) and z["env"]["ORCHESTRATE_PRELOAD"] == "json"
     assert f"zygote {z['name']}: pid {z['pid']}," in cli("status")
+
+
+CURVE_SWEEP = """
+defaults:
+  slots: cpu:2
+  wandb: disabled
+  retries: 0
+sweeps:
+  - name: {name}
+    program: {curve}
+    method: grid
+    metric: {{name: score, goal: maximize}}
+    parameters:
+      quality: {{values: [1.0, 0.5]}}
+      epochs: {{value: {epochs}}}
+      sleep: {{value: {sleep}}}
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_hot_launch_is_forked_and_a_killed_front_stops_it_and_its_trials(tmp_path: Path, rt: Path) -> None:
+    from orchestrator.front import CONTROLLER_PRELOAD
+    from tests.orchestrator.conftest import CURVE, cli_env, load_trials
+
+    env = cli_env(tmp_path)
+    env.update({"XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"], "ORCHESTRATE_ZYGOTE": "1"})
+    argv = [sys.executable, "-m", "orchestrator", "launch", "--plain"]
+    # the first launch runs here and starts the controller zygote for the next ones
+    (tmp_path / "a.yaml").write_text(CURVE_SWEEP.format(name="a", curve=CURVE, epochs=2, sleep=0.01))
+    first = subprocess.run(
+        [*argv, "a.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert sorted(t.value for t in load_trials(tmp_path, "a")) == [0.375, 0.75]
+
+    def controller_zygote() -> dict[str, Any] | None:
+        found = [
+            z for z in zygotes(rt) if z["env"].get("ORCHESTRATE_PRELOAD") == ",".join(CONTROLLER_PRELOAD)
+        ]
+        return found[0] if found else None
+
+    _wait_until(lambda: controller_zygote() is not None)
+    daemon = controller_zygote()
+    assert daemon is not None and daemon["served"] == 0
+    # the next one is forked by it: its trials run until the front is killed
+    (tmp_path / "b.yaml").write_text(CURVE_SWEEP.format(name="b", curve=CURVE, epochs=1, sleep=600))
+    front = subprocess.Popen([*argv, "b.yaml"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    try:
+        _wait_until(lambda: len([c for p in _children(daemon["pid"]) for c in _children(p)]) >= 2)
+        (controller,) = _children(daemon["pid"])
+        trials = _children(controller)
+        assert len(trials) >= 2 and all(_alive(p) for p in [controller, *trials])
+        front.send_signal(signal.SIGKILL)
+        front.wait()
+        _wait_until(lambda: not any(_alive(p) for p in [controller, *trials]))
+        assert not any(_alive(p) for p in [controller, *trials])
+    finally:
+        front.kill()
+    z = controller_zygote()
+    assert z is not None and z["served"] == 1 and z["pid"] == daemon["pid"]

@@ -47,7 +47,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import child_env, emit, fresh_dir, launch, load_trials, machine_load, read_clocks
+from _common import (
+    child_env,
+    controller_zygote,
+    emit,
+    fresh_dir,
+    launch,
+    load_trials,
+    machine_load,
+    read_clocks,
+)
 
 
 def presets(epochs: int) -> dict[str, dict[str, Any] | None]:
@@ -265,7 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
         base = args.workdir or Path(tmp)
         if heat:
             r = run_one(base / "heat", [0], 1, args.slots, None, args.workers)  # slots: the same threads
-            print(f"heat: {r['wall_s']} s (the zygote's imports)", flush=True)
+            hot = controller_zygote(60.0)  # and the controller zygote it started for the next launches
+            print(f"heat: {r['wall_s']} s (the zygote's imports); controller zygote: {hot}", flush=True)
         for k in range(args.orders):
             order = list(range(args.configs))
             random.Random(args.seed + k).shuffle(order)

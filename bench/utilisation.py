@@ -31,24 +31,9 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import ROOT, emit, machine_load, run_orchestrate_fixed, run_xargs_fixed
-
-
-def _controller_zygote(wait_s: float) -> bool:
-    """Whether a controller zygote listens (waiting up to ``wait_s`` for one that imports)."""
-    sys.path.insert(0, str(ROOT))
-    from orchestrator.executors.warm import zygotes
-    from orchestrator.front import CONTROLLER_PRELOAD
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = [z for z in zygotes() if z["env"].get("ORCHESTRATE_PRELOAD") == ",".join(CONTROLLER_PRELOAD)]
-        if found or time.monotonic() >= deadline:
-            return bool(found)
-        time.sleep(0.2)
+from _common import controller_zygote, emit, machine_load, run_orchestrate_fixed, run_xargs_fixed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,9 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
         base = args.workdir or Path(tmp)
         if heat:
             run_orchestrate_fixed(base / "heat", 2, 2, 0.1)
-            controller = "hot" if _controller_zygote(60.0) else "heated, but no controller zygote listened"
+            controller = "hot" if controller_zygote(60.0) else "heated, but no controller zygote listened"
         elif kept:
-            controller = "hot" if _controller_zygote(0.0) else "cold (its first launch)"
+            controller = "hot" if controller_zygote(0.0) else "cold (its first launch)"
         print("controller:", controller, flush=True)
         ours = run_orchestrate_fixed(base / "orchestrate", args.trials, args.slots, args.duration)
         print("orchestrate:", ours, flush=True)

@@ -274,3 +274,17 @@ def run_xargs_fixed(workdir: Path, n: int, slots: int, duration: float) -> dict[
     )
     wall = time.time() - t0
     return fixed_result(read_clocks(clock), n, slots, wall)
+
+
+def controller_zygote(wait_s: float) -> bool:
+    """Whether a controller zygote listens (waiting up to ``wait_s`` for one that imports)."""
+    sys.path.insert(0, str(ROOT))
+    from orchestrator.executors.warm import zygotes
+    from orchestrator.front import CONTROLLER_PRELOAD
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [z for z in zygotes() if z["env"].get("ORCHESTRATE_PRELOAD") == ",".join(CONTROLLER_PRELOAD)]
+        if found or time.monotonic() >= deadline:
+            return bool(found)
+        time.sleep(0.2)

@@ -23,6 +23,13 @@ plus ``wandb_hyperband_min2``, the tuned setting); ``--extra`` adds more (a swee
 (``--workdir DIR`` writes ``DIR/runs.json``) through the real pruners on simulated slots (each epoch one time
 unit, no start-up cost), over ``--orders`` orders, and prints epochs/time ratios; no training.
 
+Zygote. With ``--workers warm`` and the zygote kept between launches (the default; ``ORCHESTRATE_ZYGOTE=0``
+gives each launch its own), the first launch would pay the imports and every later one find them done, which
+would favour whichever runs later. So ``--heat`` (the default then) first runs one short launch (one config,
+one epoch, on as many slots: their thread count is part of the key) that starts the daemon, and every measured launch, ``none`` included, starts hot; ``--no-heat``
+skips it. The JSON says which (``zygote``). Its launches set ``ORCHESTRATE_ZYGOTE_IDLE_S=60``: the bench's
+daemon is its own, and leaves a minute after the last run.
+
 ``--quick``: 6 configurations × 3 epochs, 2 slots, one order, pruners none/median/wandb_hyperband.
 Last line: one JSON object.
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -39,7 +47,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import child_env, emit, fresh_dir, launch, load_trials, machine_load, read_clocks
+from _common import (
+    child_env,
+    controller_zygote,
+    emit,
+    fresh_dir,
+    launch,
+    load_trials,
+    machine_load,
+    read_clocks,
+)
 
 
 def presets(epochs: int) -> dict[str, dict[str, Any] | None]:
@@ -86,7 +103,7 @@ def run_one(
 ) -> dict:
     fresh_dir(workdir)
     clock = workdir / "clock.jsonl"
-    env = child_env(workdir, BENCH_CLOCK_FILE=str(clock))
+    env = child_env(workdir, BENCH_CLOCK_FILE=str(clock), ORCHESTRATE_ZYGOTE_IDLE_S="60")
     wall, _ = launch(
         workdir, sweep_yaml(order, epochs, fragment), slots, env=env, extra=["--workers", workers]
     )
@@ -211,6 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", choices=("warm", "fresh"), default="warm", help="orchestrate's --workers")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--heat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one short launch first, so every measured launch finds the kept zygote hot (default: when kept)",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument(
         "--replay",
@@ -239,8 +262,20 @@ def main(argv: list[str] | None = None) -> dict:
     started = datetime.now().isoformat(timespec="seconds")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     orders = []
+    kept = args.workers == "warm" and os.environ.get("ORCHESTRATE_ZYGOTE", "1").lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )
+    heat = kept if args.heat is None else args.heat and kept
+    zygote = "kept, heated by one launch first" if heat else ("kept, not heated" if kept else "per launch")
     with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
         base = args.workdir or Path(tmp)
+        if heat:
+            r = run_one(base / "heat", [0], 1, args.slots, None, args.workers)  # slots: the same threads
+            hot = controller_zygote(60.0)  # and the controller zygote it started for the next launches
+            print(f"heat: {r['wall_s']} s (the zygote's imports); controller zygote: {hot}", flush=True)
         for k in range(args.orders):
             order = list(range(args.configs))
             random.Random(args.seed + k).shuffle(order)
@@ -308,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         "slots": args.slots,
         "orders": args.orders,
         "workers": args.workers,
+        "zygote": zygote,
         "exhaustive_best": runs["none"][0]["best"],
         "exhaustive_best_configs": runs["none"][0]["best_configs"],
         "pruners": results,

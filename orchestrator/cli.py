@@ -403,10 +403,13 @@ def status(
     except OrchestrateError as exc:
         _fail(exc)
         return
+    from orchestrator.executors.warm import render_zygotes, zygotes
+
+    report["zygotes"] = zygotes()  # warm zygotes kept between launches (executors/warm.py)
     if fmt == PlanFormat.json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
-        typer.echo(status_mod.render(report), nl=False)
+        typer.echo(status_mod.render(report) + render_zygotes(report["zygotes"]), nl=False)
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -29,8 +29,8 @@ torch/timm/… imports (orchestrator/executors/warm.py's ``PRELOAD``; ``ORCHESTR
 paid once per box, not once per trial. One daemon per (interpreter, working directory, the start-up environment
 of ``ZYGOTE_ENV``), listening on a Unix socket ``WORKDIR/.orchestrate/zygote/HASH.sock`` (a private
 directory under /tmp when that path is too long for a socket). The first launcher that finds no daemon starts
-one (detached: double fork, setsid, its messages in ``HASH.log``; a lock file held for the daemon's life makes
-it one) and runs its own trial fresh rather than wait for the imports. Later launchers send the request
+one (detached: double fork, setsid, its messages in ``HASH.log``; a lock file held while the daemon listens
+makes it one) and runs its own trial fresh rather than wait for the imports. Later launchers send the request
 (module, args, environment, directory) with three descriptors: the session's stdout and stderr, and the read end
 of a **lifeline** pipe whose write end only the launcher holds. The daemon forks the trial (its own session,
 those descriptors, the environment and directory applied, the module run as ``__main__``), answers
@@ -40,7 +40,10 @@ start-up variables: no trial's secrets live on in it. The trial watches its life
 ``remote.pid`` and ``--kill`` work as for a fresh trial: its pid is its process group. A daemon with no trial
 and no connection for ``ORCHESTRATE_ZYGOTE_IDLE_S`` seconds (600), or whose socket was removed, or sent SIGTERM,
 or whose code was replaced by a newer sync (``.orchestrate/code_version``), removes its socket and exits once
-its trials ended.
+its trials ended. A connection that sends ``{"status": 1}`` (no descriptors) gets the daemon's ``info()``.
+
+The controller's own warm zygote is this daemon too, run with ``--local`` (orchestrator/executors/warm.py): its
+code version is then a hash of the sources and packages it preloads, checked every 5 s.
 
 Standard library only (plus orchestrator.protocol): this runs on boxes before anything else is checked.
 """
@@ -84,6 +87,7 @@ ZYGOTE_SETTINGS = ("ORCHESTRATE_PRELOAD", "ORCHESTRATE_ZYGOTE_IDLE_S")
 ZYGOTE_DIR = ".orchestrate/zygote"
 CODE_VERSION = ".orchestrate/code_version"  # written by the controller's code sync (orchestrator/hosts.py)
 IDLE_S = 600.0
+VERSION_CHECK_S = 1.0  # how often a daemon checks its code is still the code here (x5 for a local one's hash)
 MAX_MESSAGE = 4 << 20
 SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path is 108 with the terminating NUL)
 
@@ -211,12 +215,19 @@ def _warm_module(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
-def _zygote_place(env: dict[str, str], cwd: str) -> tuple[Path, str] | None:
-    """The private directory of the daemon for this start-up environment, and its name (None: no usable one)."""
-    key: list[str | None] = [os.path.realpath(sys.executable), cwd, _code_version(cwd)]
+def _zygote_place(
+    env: dict[str, str], cwd: str, version: str | None = None, root: Path | None = None
+) -> tuple[Path, str] | None:
+    """The private directory of the daemon for this start-up environment, and its name (None: no usable one).
+
+    ``version``: of the code it preloads (default: the synced one, ``CODE_VERSION``); ``root``: the directory
+    (default: ``cwd/.orchestrate/zygote``; the controller's own daemons live in a per-user runtime directory).
+    """
+    version = _code_version(cwd) if version is None else version
+    key: list[str | None] = [os.path.realpath(sys.executable), cwd, version]
     key += [env.get(k) for k in ZYGOTE_ENV + ZYGOTE_SETTINGS]
     name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-    folder = Path(cwd) / ZYGOTE_DIR
+    folder = Path(cwd) / ZYGOTE_DIR if root is None else root
     if len(os.fsencode(str(folder / f"{name}.sock"))) > SUN_PATH_MAX:
         digest = hashlib.sha256(os.fsencode(str(folder))).hexdigest()[:12]
         folder = Path("/tmp") / f"orchestrate-zygote-{os.getuid()}-{digest}"
@@ -348,13 +359,30 @@ def start_warm(module: str, args: list[str], env: dict[str, str], cwd: str, grac
     conn = _connect(*place, env, cwd)
     if conn is None:
         return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return fork_trial(conn, module, args, env, cwd, grace, 1, 2)
+
+
+def fork_trial(
+    conn: socket.socket,
+    module: str,
+    args: list[str],
+    env: dict[str, str],
+    cwd: str,
+    grace: float,
+    out: int,
+    err: int,
+) -> WarmTrial | None:
+    """Over a connection to a daemon: fork the trial with stdout ``out`` and stderr ``err`` (None: it failed us).
+
+    The trial's lifeline is a new pipe whose write end only the returned ``WarmTrial`` (this process) holds.
+    """
     life_r, life_w = os.pipe()
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
         request = {"module": module, "args": args, "env": env, "cwd": cwd, "grace": grace}
-        sys.stdout.flush()
-        sys.stderr.flush()
-        socket.send_fds(conn, [json.dumps(request).encode()], [1, 2, life_r])
+        socket.send_fds(conn, [json.dumps(request).encode()], [out, err, life_r])
         conn.settimeout(30)
         pid = int(json.loads(conn.recv(4096))["pid"])
         conn.settimeout(None)
@@ -368,8 +396,12 @@ def start_warm(module: str, args: list[str], env: dict[str, str], cwd: str, grac
 
 
 # --------------------------------------------------------------------------------- warm trials: the daemon
-def zygote_main(folder: Path, name: str) -> int:
-    """The daemon: one at a time per lock file; imports the preload list, then forks each requested trial."""
+def zygote_main(folder: Path, name: str, local: bool = False) -> int:
+    """The daemon: one at a time per lock file; imports the preload list, then forks each requested trial.
+
+    ``local``: a controller's own daemon (executors/warm.py), whose code version is a hash of the sources
+    and installed packages it preloads rather than the synced ``CODE_VERSION``.
+    """
     lock = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -377,21 +409,43 @@ def zygote_main(folder: Path, name: str) -> int:
         return 0  # another launcher started it first
     from orchestrator.executors import warm  # torch and the rest: in this process only
 
+    def version_of() -> str:
+        cwd = os.getcwd()
+        return warm.code_version(cwd, os.environ) if local else _code_version(cwd)
+
+    version = version_of()  # before the imports: a change while they run is seen at the first check
     preload = [n.strip() for n in os.environ.get("ORCHESTRATE_PRELOAD", "").split(",") if n.strip()]
     warm._preload(preload or list(warm.PRELOAD))
     try:
         idle = float(os.environ.get("ORCHESTRATE_ZYGOTE_IDLE_S") or IDLE_S)
     except ValueError:
         idle = IDLE_S
-    _Daemon(folder / f"{name}.sock", idle, lock).serve()
+    _Daemon(
+        folder / f"{name}.sock", idle, lock, version, version_of, VERSION_CHECK_S * (5 if local else 1)
+    ).serve()
     return 0
 
 
 class _Daemon:
-    def __init__(self, path: Path, idle: float, lock: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        idle: float,
+        lock: int,
+        version: str,
+        version_of: Any,
+        check_every: float = 1.0,
+    ) -> None:
         self.path = path
-        self.lock = lock  # held for the daemon's life (never by its trials: a new daemon may follow it)
-        self.version = _code_version(os.getcwd())
+        # held while it listens (never by its trials): a new daemon may follow one that only finishes its trials
+        self.lock = lock
+        self.version = version
+        self.version_of = version_of
+        self.check_every = check_every
+        self.checked = time.monotonic()
+        self.started = time.time()
+        self.busy = time.monotonic()
+        self.served = 0
         self.idle = idle
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a dead daemon's (we hold the lock)
@@ -416,7 +470,6 @@ class _Daemon:
         self.leaving = True
 
     def serve(self) -> None:
-        busy = time.monotonic()
         while self.server is not None or self.children or self.conns:
             for key, _ in self.sel.select(1.0):
                 if key.fileobj is self.server:
@@ -431,14 +484,38 @@ class _Daemon:
                     self._request(conn)
             self._reap()
             now = time.monotonic()
-            if self.children or self.conns:
-                busy = now
-            if self.server is not None and (self.leaving or now - busy >= self.idle or not self._ours()):
+            if self.children or any(pid is not None for pid in self.conns.values()):
+                self.busy = now  # (a connection that only asks for the status keeps nothing alive)
+            if self.server is not None and (self.leaving or now - self.busy >= self.idle or not self._ours()):
                 self._stop_listening()
 
     def _ours(self) -> bool:
         """Its socket is still there, and the code it imported is still the code here."""
-        return self._socket_ours() and _code_version(os.getcwd()) == self.version
+        if not self._socket_ours():
+            return False
+        now = time.monotonic()
+        if now - self.checked < self.check_every:
+            return True
+        self.checked = now
+        try:
+            return bool(self.version_of() == self.version)
+        except Exception:  # noqa: BLE001 - a version it cannot compute: stale, to be safe
+            return False
+
+    def info(self) -> dict[str, Any]:
+        """What ``orchestrate status`` shows of it."""
+        return {
+            "pid": os.getpid(),
+            "started": self.started,
+            "idle_s": 0.0 if self.children else round(time.monotonic() - self.busy, 1),
+            "running": len(self.children),
+            "served": self.served,
+            "python": sys.executable,
+            "cwd": os.getcwd(),
+            "version": self.version,
+            "env": {k: os.environ[k] for k in ZYGOTE_ENV + ZYGOTE_SETTINGS if k in os.environ},
+            "idle_exit_s": self.idle,
+        }
 
     def _socket_ours(self) -> bool:
         try:
@@ -471,6 +548,9 @@ class _Daemon:
         self.sel.unregister(self.server)
         self.server.close()
         self.server = None
+        with contextlib.suppress(OSError):
+            os.close(self.lock)  # a new daemon may start while this one finishes its trials
+        self.lock = -1
 
     def _drop(self, conn: socket.socket) -> None:
         pid = self.conns.pop(conn, None)
@@ -486,6 +566,12 @@ class _Daemon:
         except OSError:
             message, fds = b"", []
         try:
+            if message and not fds and self.conns.get(conn) is None:
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads(message).get("status"):
+                        conn.sendall(json.dumps(self.info()).encode())
+                self._drop(conn)
+                return
             if not message or len(fds) != 3 or self.conns.get(conn) is not None:
                 self._drop(conn)  # its launcher is gone (or it asked twice)
                 return
@@ -515,6 +601,7 @@ class _Daemon:
                 os.close(fd)
         self.children[pid] = conn
         self.conns[conn] = pid
+        self.served += 1
         try:
             conn.sendall(json.dumps({"pid": pid}).encode())
         except OSError:
@@ -561,7 +648,10 @@ def _trial(req: dict[str, Any], fds: list[int], ready: int, close: list[Any]) ->
         os.set_inheritable(life, False)
         os.environ.clear()
         os.environ.update(req["env"])
+        here = os.getcwd()
         os.chdir(req["cwd"])
+        if sys.path and sys.path[0] == here:  # `python -m` looks in the trial's directory, not the daemon's
+            sys.path[0] = os.getcwd()
         grace = float(req.get("grace", 10))
         threading.Thread(target=_lifeline, args=(life, grace), daemon=True, name="lifeline").start()
         code = run_as_main(req["module"], req["args"])
@@ -639,8 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--kill"] and len(args) >= 2:
         return sum(kill(d) for d in args[1:])
-    if args[:1] == ["--zygote"] and len(args) == 3:
-        return zygote_main(Path(args[1]), args[2])
+    if args[:1] == ["--zygote"] and len(args) in (3, 4):
+        return zygote_main(Path(args[1]), args[2], local=args[3:] == ["--local"])
     return launch()
 
 

@@ -23,8 +23,22 @@ is fixed when an interpreter starts or imports (``sys.path``, ``sitecustomize``)
 variables (run dir, W&B ids, ``CUDA_VISIBLE_DEVICES``) are applied in the forked child. ``warm_up()`` starts
 the zygote before the controller opens the storage, so its imports overlap the controller's start-up.
 
-Life and death: the zygote dies with the controller (PR_SET_PDEATHSIG), a worker with its zygote, a trial
-with its worker (each forwards SIGTERM to the next). A worker or zygote that dies ends its trial as a
+Hot launches (the default; ``ORCHESTRATE_ZYGOTE=0`` turns it off, ``--workers fresh`` too). The zygote
+may outlive the launch: it is then orchestrator/remote.py's **zygote daemon**, run here (``--local``), in a
+private per-user directory (``$XDG_RUNTIME_DIR/orchestrate/zygote``, else ``/tmp/orchestrate-UID/zygote``,
+0700), one per (interpreter, directory, the start-up environment of ``ZYGOTE_ENV`` and the daemon's settings,
+and ``code_version()``: a hash of the sources of experiments/, backbones/, datasets/, orchestrator/ and the
+installed distributions), so a launch never gets modules older than its code. The first launch that finds no
+daemon starts one (its lock file makes it one when two launches start at once; a dead one's socket is
+replaced); its trials wait for the imports as with the launch's own zygote; the next launch connects at once.
+Each trial is one connection: the daemon forks it with the trial's stdout pipe, its stderr log and a lifeline
+pipe whose write end only the controller holds, so a controller that dies (even SIGKILLed) still takes its
+trials with it. The daemon leaves when idle for ``ORCHESTRATE_ZYGOTE_IDLE_S`` seconds (600), when its code
+changed, or on SIGTERM; ``orchestrate status`` lists the running ones (``zygotes()``). When no daemon can be
+used, trials run as fresh processes.
+
+Life and death: the launch's own zygote dies with the controller (PR_SET_PDEATHSIG), a worker with its zygote,
+a trial with its worker (each forwards SIGTERM to the next). A worker or zygote that dies ends its trial as a
 failure (retried) and the next trial on that slot gets a new one. A fresh process per trial (``--workers
 fresh``) stays available as the safe mode, and any argv that is not ``python -m module …`` with orchestrate's
 own interpreter runs fresh.
@@ -33,6 +47,8 @@ own interpreter runs fresh.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import queue
@@ -42,10 +58,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator import protocol
+from orchestrator import protocol, remote
 from orchestrator.executors._base import Executor, Job
 from orchestrator.executors.local import LocalExecutor, _die_with_parent, _dies_with_parent, _signal_group
 from orchestrator.remote import ZYGOTE_ENV, run_as_main
@@ -71,6 +88,130 @@ PRELOAD = (
 # never given to a zygote or a worker: they belong to one trial
 TRIAL_ENV_PREFIXES = ("WANDB_RUN_ID", "WANDB_NAME", "ORCHESTRATE_RUN_DIR")
 MAX_MESSAGE = 4 << 20
+KEEP_ENV = "ORCHESTRATE_ZYGOTE"  # "0": no zygote outlives its launch
+# the sources a daemon's preloaded modules come from: a change in them means another daemon
+CODE_PACKAGES = ("experiments", "backbones", "datasets", "orchestrator")
+START_WAIT_S = 300.0  # how long a trial waits for a starting daemon's imports before it runs fresh
+
+
+def keep_zygote(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether a launch's zygote may outlive it (``ORCHESTRATE_ZYGOTE``, on unless 0/false/no/off)."""
+    return env.get(KEEP_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def runtime_dir() -> Path | None:
+    """The per-user directory of the controller's daemons (0700, ours, not a link); None: no usable one."""
+    base = os.environ.get("XDG_RUNTIME_DIR", "")
+    if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+        top = Path(base) / "orchestrate"
+    else:
+        top = Path("/tmp") / f"orchestrate-{os.getuid()}"
+    try:
+        top.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(top)
+        if st.st_uid != os.getuid() or os.path.islink(top) or not os.path.isdir(top):
+            return None  # someone else's: whoever can connect runs code as us
+        if st.st_mode & 0o077:
+            os.chmod(top, 0o700)
+    except OSError:
+        return None
+    return top / "zygote"
+
+
+def _package_dir(name: str, search: list[str]) -> Path | None:
+    for entry in search:
+        if os.path.isfile(os.path.join(entry, name, "__init__.py")):
+            return Path(entry, name).resolve()
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def code_version(cwd: str, env: Mapping[str, str]) -> str:
+    """A hash of what a daemon preloads for trials run in ``cwd`` with ``env``: the interpreter, the sources of
+    ``CODE_PACKAGES`` (found as ``python -m`` would: ``cwd``, then ``PYTHONPATH``, then this ``sys.path``) and the
+    distributions installed in its site-packages (names carry versions). A few milliseconds."""
+    h = hashlib.sha256(f"{sys.executable}\0{sys.prefix}\0{sys.version}".encode())
+    pythonpath = [os.path.join(cwd, p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    search = [cwd, *pythonpath, *(p for p in sys.path if p)]
+    for name in CODE_PACKAGES:
+        folder = _package_dir(name, search)
+        h.update(f"\0package {name} {folder}\0".encode())
+        if folder is None:
+            continue
+        for path in sorted(folder.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()
+                h.update(f"\0{path.relative_to(folder)} {len(data)}\0".encode() + data)
+    for site in sorted({p for p in sys.path if p.endswith(("site-packages", "dist-packages"))}):
+        with contextlib.suppress(OSError):
+            names = sorted(n for n in os.listdir(site) if n.endswith((".dist-info", ".egg-info", ".pth")))
+            h.update(f"\0site {site}\0{chr(0).join(names)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _locked(path: Path) -> bool:
+    """A daemon holds this lock file (importing, or listening)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def zygotes(folder: Path | None = None) -> list[dict[str, Any]]:
+    """The running daemons of this user (what ``orchestrate status`` shows); stale sockets are removed."""
+    folder = runtime_dir() if folder is None else folder
+    found: list[dict[str, Any]] = []
+    if folder is None or not folder.is_dir():
+        return found
+    for path in sorted(folder.glob("*.sock")):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.settimeout(5)
+        try:
+            sock.connect(str(path))
+            sock.send(json.dumps({"status": 1}).encode())
+            info = json.loads(sock.recv(1 << 16))
+        except (OSError, ValueError):
+            if not _locked(folder / f"{path.stem}.lock"):
+                with contextlib.suppress(OSError):
+                    path.unlink()  # a dead daemon's
+            continue
+        finally:
+            sock.close()
+        if isinstance(info, dict):
+            found.append({"name": path.stem, **info})
+    return found
+
+
+def render_zygotes(found: list[dict[str, Any]]) -> str:
+    """One line per kept zygote: pid, age, idle time, trials running/served, its key."""
+    lines = []
+    for z in found:
+        age = time.time() - float(z.get("started", time.time()))
+        env = " ".join(f"{k}={v}" for k, v in sorted((z.get("env") or {}).items()))
+        lines.append(
+            f"zygote {z['name']}: pid {z.get('pid')}, up {age:.0f} s, idle {z.get('idle_s')} s"
+            f" (leaves at {z.get('idle_exit_s'):.0f}), running {z.get('running')}, served {z.get('served')};"
+            f" {z.get('python')} in {z.get('cwd')}, code {str(z.get('version'))[:12]}"
+            + (f", {env}" if env else "")
+        )
+    return "".join(line + "\n" for line in lines)
 
 
 def _zygote_key(env: dict[str, str], cwd: Path) -> tuple[str, ...]:
@@ -128,6 +269,17 @@ class _Zygote:
             self.sock.close()  # the zygote's loop ends on end of file; its workers go on until their stdin ends
 
 
+class _Kept:
+    """A trial forked by a daemon that outlives the launch (its handle; ``pid`` once forked)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.pid: int | None = None
+        self.stop_grace: float | None = None  # a stop asked before the fork
+        self.ended = False
+        self.lock = threading.Lock()
+
+
 class _Worker:
     def __init__(self, proc: subprocess.Popen[bytes] | _Forked, key: tuple[str, ...]) -> None:
         self.proc = proc
@@ -146,10 +298,18 @@ class WarmExecutor(Executor):
         events: queue.Queue[tuple[str, Job, Any]],
         preload: tuple[str, ...] = PRELOAD,
         zygote: bool = True,
+        keep: bool | None = None,
     ) -> None:
         super().__init__(events)
         self.preload = preload
         self.use_zygote = zygote and hasattr(socket, "send_fds") and hasattr(socket, "SOCK_SEQPACKET")
+        # a zygote that outlives the launch (None: ``ORCHESTRATE_ZYGOTE``)
+        self.keep = self.use_zygote and (keep_zygote() if keep is None else keep)
+        self.places: dict[tuple[str, ...], tuple[Path, str] | None] = {}
+        self.spawned: dict[
+            str, tuple[subprocess.Popen[bytes], list[bool]]
+        ] = {}  # name → (daemon, [answered])
+        self.keep_lock = threading.Lock()
         self.workers: dict[str, _Worker] = {}  # slot id → worker
         self.zygotes: dict[tuple[str, ...], _Zygote] = {}
         self.fresh = LocalExecutor(events)  # for argv a worker cannot run in-process
@@ -168,7 +328,11 @@ class WarmExecutor(Executor):
         """Start the zygote that trials of ``argv`` with ``env`` in ``cwd`` will need, now (non-blocking)."""
         if self.use_zygote and self.runnable(argv):
             with contextlib.suppress(OSError):
-                self._zygote(env, cwd)
+                place = self._place(env, cwd) if self.keep else None
+                if place is not None:
+                    self._daemon_ready(place, env, cwd)
+                else:
+                    self._zygote(env, cwd)
 
     def submit(self, job: Job, env: dict[str, str], cwd: Path) -> None:
         if not self.runnable(job.argv):
@@ -179,6 +343,10 @@ class WarmExecutor(Executor):
         rest = job.argv[1:]
         while rest[0] == "-u":
             rest = rest[1:]
+        place = self._place(env, cwd) if self.keep else None
+        if place is not None:
+            self._submit_kept(job, env, cwd, place, rest[1], rest[2:])
+            return
         request = {
             "module": rest[1],
             "args": rest[2:],
@@ -217,6 +385,177 @@ class WarmExecutor(Executor):
                 _gone(worker.proc)
                 if attempt == 1:
                     self._end(worker, 255)
+
+    # ------------------------------------------------------------ trials forked by a daemon outliving the launch
+    def _place(self, env: dict[str, str], cwd: Path) -> tuple[Path, str] | None:
+        """The daemon (folder, name) for trials with ``env`` in ``cwd``; None: none can be used (run warm here)."""
+        key = _zygote_key(env, cwd)
+        if key not in self.places:
+            root = runtime_dir()
+            place = None
+            if root is not None:
+                denv = self._daemon_env(env)
+                # the directory is not part of the key (a trial's sys.path[0] becomes its own directory) unless
+                # a relative PYTHONPATH entry depends on it; the packages found from it are, in the version
+                relative = any(
+                    p and not os.path.isabs(p) for p in denv.get("PYTHONPATH", "").split(os.pathsep)
+                )
+                version = code_version(str(cwd), denv)
+                place = remote._zygote_place(denv, str(cwd) if relative else "", version, root)
+            self.places[key] = place
+        return self.places[key]
+
+    def _daemon_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The daemon's environment: the launch's, less each trial's own variables, plus its settings."""
+        denv = _worker_env(env)
+        if self.preload != PRELOAD:
+            denv["ORCHESTRATE_PRELOAD"] = ",".join(self.preload)
+        return denv
+
+    def _daemon_ready(self, place: tuple[Path, str], env: dict[str, str], cwd: Path) -> socket.socket | None:
+        """A connection to the daemon if it listens; else start one unless one is starting (then None)."""
+        folder, name = place
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(str(folder / f"{name}.sock"))
+            with self.keep_lock:
+                if name in self.spawned:
+                    self.spawned[name][1][0] = True
+            return sock
+        except OSError:
+            sock.close()
+        with self.keep_lock:
+            if _locked(folder / f"{name}.lock"):
+                return None  # importing (or just binding its socket)
+            spawned = self.spawned.get(name)
+            if spawned is not None and spawned[0].poll() is None:
+                return None  # ours, not yet holding its lock
+            if spawned is not None and not spawned[1][0]:
+                raise OSError(f"the zygote daemon exited ({spawned[0].returncode}) before it listened")
+            log = folder / f"{name}.log"
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-u",
+                        "-m",
+                        "orchestrator.remote",
+                        "--zygote",
+                        str(folder),
+                        name,
+                        "--local",
+                    ],
+                    cwd=str(cwd),
+                    env=self._daemon_env(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,  # never dies with this controller: it serves the next launch
+                )
+            self.spawned[name] = (proc, [False])
+        return None
+
+    def _submit_kept(
+        self, job: Job, env: dict[str, str], cwd: Path, place: tuple[Path, str], module: str, args: list[str]
+    ) -> None:
+        err = os.open(job.run_dir.stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        handle = _Kept(job)
+        job.handle = handle
+        job.started = time.time()
+        threading.Thread(
+            target=self._run_kept,
+            args=(handle, env, cwd, place, module, args, err),
+            daemon=True,
+            name=f"kept-{job.key}",
+        ).start()
+
+    def _run_kept(
+        self,
+        handle: _Kept,
+        env: dict[str, str],
+        cwd: Path,
+        place: tuple[Path, str],
+        module: str,
+        args: list[str],
+        err: int,
+    ) -> None:
+        job = handle.job
+        trial: remote.WarmTrial | None = None
+        out_r = -1
+        try:
+            deadline = time.monotonic() + START_WAIT_S
+            conn = None
+            while conn is None and time.monotonic() < deadline:
+                conn = self._daemon_ready(place, env, cwd)
+                if conn is None:
+                    time.sleep(0.05)
+            if conn is not None:
+                out_r, out_w = os.pipe()
+                try:
+                    trial = remote.fork_trial(conn, module, args, env, str(cwd), 10.0, out_w, err)
+                finally:
+                    os.close(out_w)
+                if trial is None:
+                    conn.close()
+                    os.close(out_r)
+                    raise OSError("the zygote daemon did not fork the trial")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.write(
+                    err, f"orchestrate: no zygote ({exc}); starting the trial as a new process\n".encode()
+                )
+        finally:
+            os.close(err)
+        if trial is None:
+            with handle.lock:
+                grace = handle.stop_grace
+                self.fresh.submit(job, env, cwd)  # its handle is now the Popen: stops go there
+            if grace is not None:
+                self.fresh.stop(job, grace)
+            return
+        with handle.lock:
+            handle.pid = job.pid = trial.pid
+            grace = handle.stop_grace
+        if grace is not None:
+            self._stop_kept(handle, grace)
+        log = open(job.run_dir.stdout_log, "ab")  # noqa: SIM115 - closed below
+        with os.fdopen(out_r, "rb") as out:
+            for raw in iter(out.readline, b""):
+                with contextlib.suppress(OSError):
+                    log.write(raw)
+                event = protocol.parse_line(raw.decode("utf-8", "replace"))
+                if event is not None:
+                    with contextlib.suppress(OSError):
+                        log.flush()
+                    self.events.put(("event", job, event))
+        with contextlib.suppress(OSError):
+            log.close()
+        rc = trial.wait()
+        with handle.lock:
+            handle.ended = True
+        with contextlib.suppress(OSError):
+            os.close(trial.lifeline)
+        trial.conn.close()
+        job.ended = time.time()
+        self.events.put(("exit", job, rc))
+
+    def _stop_kept(self, handle: _Kept, grace: float) -> None:
+        with handle.lock:
+            if handle.pid is None:
+                handle.stop_grace = grace  # signalled once forked
+                return
+            pid = handle.pid
+        _signal_group(pid, signal.SIGTERM)
+
+        def _kill() -> None:
+            with handle.lock:
+                alive = not handle.ended
+            if alive:
+                _signal_group(pid, signal.SIGKILL)
+
+        timer = threading.Timer(grace, _kill)
+        timer.daemon = True
+        timer.start()
 
     def _start_worker(self, job: Job, env: dict[str, str], cwd: Path, key: tuple[str, ...]) -> _Worker:
         log_path = self._log_path(env, job)
@@ -351,6 +690,13 @@ class WarmExecutor(Executor):
 
     def stop(self, job: Job, grace: float = 10.0) -> None:
         worker = job.handle
+        if isinstance(worker, _Kept):
+            with worker.lock:
+                kept = job.handle is worker
+            if kept:
+                self._stop_kept(worker, grace)
+                return
+            worker = job.handle
         if not isinstance(worker, _Worker):
             self.fresh.stop(job, grace)
             return

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from datasets.pipeline import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Augment,
     DeviceLoader,
     average_oversampled,
@@ -166,3 +170,25 @@ def test_levi_hassner_crops_are_whole_pixel_windows_of_the_stored_faces() -> Non
     assert torch.equal(r, u8)  # a crop the size of the image: the image
     with pytest.raises(ValueError, match="larger than the stored images"):
         DeviceLoader(img, labels, np.arange(6), 3, input_size=12, crop="center")
+
+
+def test_the_cpu_path_equals_the_batch_wide_computation(tmp_path: Path) -> None:
+    """Per image from the (memory-mapped) array, mirrored by a view: bit for bit the batch-wide float maths."""
+    img = np.random.default_rng(3).integers(0, 256, (10, 6, 5, 3), dtype=np.uint8)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=img.shape)
+    mm[:] = img
+    labels = {"y": np.arange(10)}
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    scale, shift = 1.0 / (255.0 * std), torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) / std
+
+    def want(idx: list[int]) -> torch.Tensor:
+        return torch.from_numpy(img[idx]).permute(0, 3, 1, 2).float().mul(scale).sub(shift)
+
+    x, y = next(iter(DeviceLoader(mm, labels, [7, 2, 2, 9, 0], 5)))  # evaluation keeps the order
+    assert torch.equal(x, want([7, 2, 2, 9, 0])) and y["y"].tolist() == [7, 2, 2, 9, 0]
+    dl = DeviceLoader(mm, labels, np.arange(10), 10, train=True, augment=Augment.flip_only(), seed=4)
+    x, _ = next(iter(dl))
+    flip = torch.rand(10, generator=torch.Generator().manual_seed(4)) < 0.5  # the loader's first draw
+    expected = want(list(range(10)))
+    expected[flip] = expected[flip].flip(-1)
+    assert 0 < int(flip.sum()) < 10 and torch.equal(x, expected)

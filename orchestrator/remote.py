@@ -111,11 +111,19 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _watch_stdin(proc: subprocess.Popen[bytes] | WarmTrial, grace: float) -> None:
-    """Commands from the controller; end of file means it (or the connection) is gone: stop the trial."""
+def _watch_stdin(proc: subprocess.Popen[bytes] | WarmTrial, grace: float, run_dir: Path) -> None:
+    """Commands from the controller; end of file means it (or the connection) is gone: stop the trial.
+
+    ``TERM PRUNED``: the trial was pruned; it finds that in ``protocol.STOP_FILE`` when SIGTERM reaches it."""
     for raw in sys.stdin.buffer:
         cmd = raw.strip().decode("ascii", "replace").upper()
-        if cmd == "TERM":
+        if cmd.startswith("TERM"):
+            reason = cmd[4:].strip().lower()
+            if reason:
+                with contextlib.suppress(OSError):
+                    (run_dir / protocol.STOP_FILE).write_text(
+                        json.dumps({"reason": reason}), encoding="utf-8"
+                    )
             _killpg(proc.pid, signal.SIGTERM)
         elif cmd == "KILL":
             _killpg(proc.pid, signal.SIGKILL)
@@ -171,7 +179,7 @@ def launch() -> int:
         remote_run_dir=str(run_dir),
         remote_warm=isinstance(proc, WarmTrial),
     )
-    threading.Thread(target=_watch_stdin, args=(proc, grace), daemon=True).start()
+    threading.Thread(target=_watch_stdin, args=(proc, grace, run_dir), daemon=True).start()
     rc = proc.wait()
     with contextlib.suppress(OSError):
         (run_dir / PID_FILE).unlink()

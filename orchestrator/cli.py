@@ -257,8 +257,39 @@ def _launch(
             f"interrupted: run `orchestrate launch {file}` again to resume (finished trials are kept)"
         )
         return 130
-    display.message(f"see `orchestrate leaderboard --storage {mask_url(opts.storage)}`")
+    for line in _best_lines(opts.storage, [s.name for s in specs]):
+        display.message(line)
     return 0
+
+
+def _best_lines(storage: str, sweeps: list[str]) -> list[str]:
+    """The closing summary: each sweep's best configuration (its swept parameters and value) and what to run
+    next. Nothing that fails here fails the launch: then only the leaderboard command is named."""
+    from orchestrator import leaderboard as lb
+    from orchestrator.faults import mask_url
+    from orchestrator.storage import DEFAULT_STORAGE
+
+    where = "" if storage == DEFAULT_STORAGE else f" --storage '{mask_url(storage)}'"
+    try:
+        tables = lb.build(storage, sweep=sweeps, states=["COMPLETE"], top=1)
+    except Exception:  # noqa: BLE001 - a summary, never a failure
+        return [f"see `orchestrate leaderboard{where}`"]
+    lines = []
+    for t in tables:
+        if not t["rows"]:
+            lines.append(f"[{t['sweep']}] no complete trial")
+            continue
+        row = t["rows"][0]
+        who = f"trials {row['trials']}" if t.get("aggregated") else f"trial {row['trial']}"
+        value = lb.cell(row, "value")
+        params = ", ".join(f"{p}={lb.cell(row, 'param:' + p)}" for p in t["params"])
+        lines.append(
+            f"[{t['sweep']}] best: {who}, {t['metric'] or 'value'}={value}"
+            + (f" ({params})" if params else "")
+            + f" → orchestrate leaderboard --sweep {t['sweep']}{where}"
+        )
+    lines.append(f"next: `orchestrate report --out report/{where}` (tables, curves, importances)")
+    return lines
 
 
 def _check_writable(path: Path) -> None:

@@ -1255,6 +1255,9 @@ class Controller:
                 f"record that trial {rt.trial.number} of {rt.sweep.spec.name} resumed",
                 lambda: rt.trial.set_user_attr(resumed, event["resumed_from_epoch"]),
             )
+        if kind == protocol.EVENT_INFO and isinstance(event.get("epochs"), int):  # the view's "epoch 3/4"
+            label = rt.sweep.spec.name if part.fold is None else f"{rt.sweep.spec.name} fold {part.fold}"
+            self.display.trial_epochs(label, rt.trial.number, int(event["epochs"]))
         if part.ready_s is None and kind in (protocol.EVENT_INFO, protocol.EVENT_METRICS):
             part.ready_s = time.time() - job.started  # slot given → the child is set up and training
         if kind == protocol.EVENT_SUMMARY:

@@ -2,7 +2,7 @@
 
 The live table has one row per running job: sweep, trial, slot, ``epoch 3/4`` (the total from the trial's
 ``info`` event), the sweep metric's last value, elapsed time, and only the parameters that vary in its sweep
-(the constants are shown once, in the title). Its caption has, per sweep: finished of cap (complete, pruned,
+(the constants are printed once, as the sweep starts). Its caption has, per sweep: finished of cap (complete, pruned,
 failed), running, queued, the best value so far and an ETA (mean duration of the trials finished in this
 launch × (queued + running) / jobs running, as ``orchestrate status``).
 """
@@ -83,6 +83,9 @@ class PlainDisplay:
         left = len(runner.pending)
         cap = f", cap {runner.cap}" if runner.cap is not None else ""
         self._say(f"[{name}] {runner.spec.method}: {runner.finished} finished, {left} queued{cap}")
+        consts = _constants(runner)
+        if consts:  # once: the rows show only what varies
+            self._say(f"[{name}] constants: {_params(consts, 400)}")
 
     def trial_started(self, sweep: str, number: int, slot: str, flat: dict[str, Any], attempt: int) -> None:
         again = f" (attempt {attempt})" if attempt > 1 else ""
@@ -148,13 +151,7 @@ class LiveDisplay(PlainDisplay):
     def _table(self) -> Any:
         from rich.table import Table
 
-        table = Table(
-            title=self._title(),
-            caption=self._caption(),
-            caption_justify="left",
-            title_justify="left",
-            expand=False,
-        )
+        table = Table(title="running trials", caption=self._caption(), caption_justify="left", expand=False)
         for col in ("sweep", "trial", "slot", "epoch", "metric", "elapsed", "swept params"):
             table.add_column(col, no_wrap=col != "swept params")
         now = time.time()
@@ -171,15 +168,6 @@ class LiveDisplay(PlainDisplay):
                 _params(swept),
             )
         return table
-
-    def _title(self) -> str:
-        """The running trials, and each sweep's constants once (its rows show only what it varies)."""
-        lines = ["running trials"]
-        for name, r in self.runners.items():
-            consts = _constants(r)
-            if consts:
-                lines.append(f"{name} constants: {_params(consts, 110)}")
-        return "\n".join(lines)
 
     def _caption(self) -> str:
         """Per sweep: finished/pruned/failed counts, running and queued — what `orchestrate status` shows."""

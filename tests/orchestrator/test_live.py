@@ -44,7 +44,10 @@ def test_live_view_rows_title_and_caption(tmp_path: Path) -> None:
     runner.pending.pop()
     runner.pending.pop()  # two of them still queued
     display = LiveDisplay()
+    display.console = Console(file=io.StringIO(), width=120, color_system=None)
     display.sweep_ready("grid", runner)
+    header = display.console.file.getvalue()
+    assert "[grid] constants: epochs=4 sleep=0.5" in header and "quality" not in header
     params = {"quality": 0.9, "lr": 0.01, "epochs": 4, "sleep": 0.5}
     display.trial_started("grid", 1, "cpu0", params, 1)
     runner.running = 1
@@ -53,8 +56,8 @@ def test_live_view_rows_title_and_caption(tmp_path: Path) -> None:
     text = _text(display)
     row = next(line for line in text.splitlines() if "cpu0" in line)
     assert "3/4" in row and "score=0.8125" in row  # epoch 3 of 4
-    assert "quality=0.9" in row and "epochs=" not in row and "sleep=" not in row  # swept only…
-    assert "grid constants: epochs=4 sleep=0.5" in text  # …the constants once, in the title
+    assert "quality=0.9" in row and "epochs=" not in row and "sleep=" not in row  # swept only
+    assert "constants" not in text  # …the constants once, in the header above
     assert "ETA" not in text and "best" not in text  # nothing finished yet: no estimate, no best
 
     # two trials finish in 10 s and 20 s: ETA = mean 15 s × (2 queued + 1 running) / 1 running = 45 s

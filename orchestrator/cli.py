@@ -354,7 +354,15 @@ def leaderboard(
     sort: Annotated[
         str | None, typer.Option(help="Sort by a column or parameter (-NAME: descending); default: rank.")
     ] = None,
-    columns: Annotated[str | None, typer.Option(help="Comma-separated columns to show.")] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="Comma-separated columns to show (default: the compact set).")
+    ] = None,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide", help="Every column (state, best/last epoch, all metrics, cost, host, W&B run)."
+        ),
+    ] = False,
     per_trial: Annotated[
         bool,
         typer.Option("--per-trial", help="One row per trial even when the sweep repeats folds/seeds."),
@@ -390,9 +398,9 @@ def leaderboard(
             tables = lb.build(storage, sweep, **opts)
         wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         if fmt == TableFormat.table and sys.stdout.isatty():
-            lb.print_tables(tables, wanted)
+            lb.print_tables(tables, wanted, wide)
         else:
-            typer.echo(lb.render(tables, fmt.value, wanted), nl=False)
+            typer.echo(lb.render(tables, fmt.value, wanted, wide), nl=False)
     except OrchestrateError as exc:
         _fail(exc)
 

@@ -21,7 +21,7 @@ app = typer.Typer(
     name="orchestrate",
     help="Run hyperparameter sweeps of face-attribute CNNs on every free GPU, with Optuna pruning and W&B logging.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 datasets_app = typer.Typer(
@@ -53,10 +53,30 @@ class TableFormat(StrEnum):
     markdown = "markdown"
 
 
+def _no_color(stream: Any) -> bool | None:
+    """No colour on a pipe; on a terminal, rich decides from ``NO_COLOR`` (an explicit False would override it)."""
+    return True if not stream.isatty() else None
+
+
+def _flags_as_flags() -> None:
+    """typer's help prints a type after every flag (``--dry-run <bool>``): a flag takes no value, so none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_as_flags()
+
+
 def _err_console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, no_color=not sys.stderr.isatty(), highlight=False)
+    return Console(stderr=True, no_color=_no_color(sys.stderr), highlight=False)
 
 
 def _fail(exc: BaseException) -> None:
@@ -72,8 +92,25 @@ def _fail(exc: BaseException) -> None:
     raise exc
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"orchestrate {version('orchestrate')}")
+        except PackageNotFoundError:
+            typer.echo("orchestrate (not installed: run from a source tree)")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
     global _DEBUG
     _DEBUG = debug
 
@@ -309,7 +346,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
     from rich.table import Table
 
     tty = sys.stdout.isatty()
-    console = Console(no_color=not tty, width=None if tty else 160)  # pipes and logs: don't truncate
+    console = Console(
+        no_color=_no_color(sys.stdout), width=None if tty else 160
+    )  # pipes and logs: don't truncate
     table = Table(title="plan (nothing started)")
     for col in ("sweep", "method", "trials", "jobs", "after", "searched parameters"):
         table.add_column(col)
@@ -526,7 +565,7 @@ def datasets_check(
         from rich.console import Console
         from rich.pretty import Pretty
 
-        Console(no_color=not sys.stdout.isatty()).print(Pretty(report))
+        Console(no_color=_no_color(sys.stdout)).print(Pretty(report))
     if not report.get("ok", True):
         for err in report.get("errors") or []:
             _err_console().print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
@@ -579,7 +618,7 @@ _EXIT_NOW = [False]
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        app()
+        app(prog_name="orchestrate")  # also under `python -m orchestrator`: help and completion name the command
     except SystemExit as exc:
         if not _EXIT_NOW[0]:
             raise

@@ -618,7 +618,9 @@ _EXIT_NOW = [False]
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        app(prog_name="orchestrate")  # also under `python -m orchestrator`: help and completion name the command
+        app(
+            prog_name="orchestrate"
+        )  # also under `python -m orchestrator`: help and completion name the command
     except SystemExit as exc:
         if not _EXIT_NOW[0]:
             raise

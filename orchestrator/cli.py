@@ -618,9 +618,8 @@ _EXIT_NOW = [False]
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        app(
-            prog_name="orchestrate"
-        )  # also under `python -m orchestrator`: help and completion name the command
+        # also under `python -m orchestrator`: help and completion name the command
+        app(prog_name="orchestrate")
     except SystemExit as exc:
         if not _EXIT_NOW[0]:
             raise

@@ -29,6 +29,7 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,6 +299,10 @@ class SweepRunner:
         self.study.set_user_attr(
             st.ATTR_METRIC, {"name": self.metric.name, "goal": self.metric.goal} if self.metric else None
         )
+        if self.metric is not None and self.study.metric_names != [self.metric.name]:
+            with warnings.catch_warnings():  # experimental in Optuna: optuna-dashboard labels the objective
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([self.metric.name])
         self.study.set_user_attr(st.ATTR_SPEC, spec.describe())
         self.retries = int(spec.retries or 0)
         cap = spec.run_cap
@@ -1424,6 +1429,7 @@ class Controller:
         summary = _merge_summaries([p.summary for p in parts if p.summary is not None])
         if summary:
             attrs[st.ATTR_SUMMARY] = summary
+            attrs.update(st.key_metrics(summary))  # top-level: sortable columns in optuna-dashboard
         state: Any
         value: float | None = None
         reason: str | None = None

@@ -39,9 +39,11 @@ def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
     run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
     trials = load_trials(tmp_path, "tiny-gender")
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
-    sweep_id = optuna.load_study(
+    study = optuna.load_study(
         study_name="tiny-gender", storage=f"sqlite:///{tmp_path / 'runs/orchestrate.db'}"
-    ).user_attrs["orchestrate.wandb_sweep_id"]
+    )
+    sweep_id = study.user_attrs["orchestrate.wandb_sweep_id"]
+    assert study.metric_names == ["val/acc"]  # optuna-dashboard labels the objective
     for t in trials:
         run_dir = Path(t.user_attrs["orchestrate.run_dir"])
         (wandb_run,) = sorted((run_dir / "wandb").glob("offline-run-*"))
@@ -76,6 +78,9 @@ def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
         assert sum(map(sum, confusion["matrix"])) > 0
         correct = sum(confusion["matrix"][i][i] for i in range(2)) / sum(map(sum, confusion["matrix"]))
         assert correct == pytest.approx(run["summary"]["test/acc"])
+        # the test metrics are user attributes of their own: sortable in optuna-dashboard
+        assert t.user_attrs["test/acc"] == pytest.approx(correct)
+        assert t.user_attrs["test/loss"] == pytest.approx(run["summary"]["test/loss"])
 
 
 def test_pruned_experiment_trial_keeps_its_wandb_run(tmp_path: Path) -> None:

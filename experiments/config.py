@@ -476,7 +476,10 @@ def metric_names(cfg: TrainConfig, split: str = "val") -> list[str]:
     if multi:
         out += [f"{split}/acc"] * any(t != "age" for t in names_)
         out += [f"{split}/mae"] * ("age" in names_)
-    return out + ["train/loss", "lr"]
+    # training accuracy over each epoch's batches, for the classification tasks (as the val/ ones)
+    train = [f"train/{t}_acc" if multi else "train/acc" for t in names_ if t != "age"]
+    train += ["train/acc"] * (multi and any(t != "age" for t in names_))
+    return out + ["train/loss", *train, "lr"]
 
 
 def year_ranks(cfg: TrainConfig) -> bool:

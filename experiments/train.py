@@ -358,6 +358,31 @@ def evaluate(
     return res, preds
 
 
+kinds = {t.name: t.kind for t in tasks}
+
+
+def train_hits(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """(correct, labelled) predictions of one training batch, on the device (read once per epoch)."""
+    out = out.detach().float()
+    pred = T.coral_decode(out)[0] if kind == "coral" else out.argmax(dim=1)
+    y = y.reshape(-1)
+    keep = y >= 0
+    return torch.stack((((pred.reshape(-1) == y) & keep).sum(), keep.sum())).float()
+
+
+def train_accuracy(hits: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``train/acc`` (the mean over classification tasks, as ``val/acc``) and, multitask, each task's."""
+    accs: dict[str, float] = {}
+    for t in tasks:
+        if t.name in hits:
+            correct, n = (float(v) for v in hits[t.name])
+            if n:
+                accs[f"train/{T.metric_prefix(t, multi)}acc"] = correct / n
+    if multi and accs:
+        accs["train/acc"] = float(np.mean(list(accs.values())))
+    return accs
+
+
 def reported(metrics: dict[str, float]) -> dict[str, float]:
     """The protocol's subset: no per-class precision/recall (those go to W&B)."""
     return {
@@ -403,8 +428,16 @@ logger = Logger.start(config_mod.to_dict(cfg), rd.path, metric_name, goal, resum
 
 
 def _stopped(signum: int, frame: object) -> None:
-    """Pruned or interrupted by the controller (SIGTERM): close the W&B run properly, then exit."""
-    logger.finish({"stopped_by": signal.Signals(signum).name}, exit_code=128 + signum)
+    """Pruned or interrupted by the controller (SIGTERM): close the W&B run properly, then exit.
+
+    Pruned (the controller said so in ``stop.json``): the run is *finished* (exit code 0) with the tag and the
+    summary field ``pruned``, as a run W&B's own sweep controller stopped. Otherwise: interrupted (exit 143)."""
+    why = protocol.stop_reason(rd.path)
+    if why.get("reason") == "pruned":
+        epochs = len(history)
+        logger.finish({"pruned": True, "pruned_at_epoch": epochs, "epochs_run": epochs}, tags=("pruned",))
+    else:
+        logger.finish({"stopped_by": signal.Signals(signum).name}, exit_code=128 + signum)
     sys.stdout.flush()
     os._exit(128 + signum)
 
@@ -432,6 +465,9 @@ with determinism.refuse_nondeterministic(str(device), cfg.backbone, _refused):
         schedule.active = not swa_on
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
         n_seen = 0
+        hits = {
+            t.name: torch.zeros(2, device=device) for t in tasks if t.kind != "regression"
+        }  # correct, known
         train_loader.epoch = epoch  # the epoch's order is seeded by (seed, epoch): reproducible and resumable
         for step, (x, y) in enumerate(train_loader):
             if step >= steps_per_epoch:
@@ -449,6 +485,9 @@ with determinism.refuse_nondeterministic(str(device), cfg.backbone, _refused):
             global_step += 1
             total += loss.detach().float() * len(x)
             n_seen += len(x)
+            with torch.no_grad():
+                for name, h in hits.items():
+                    h += train_hits(out[name], y[name], kinds[name])
         train_loss = float(total) / max(1, n_seen)  # waits for the epoch's queued GPU work
         train_s = time.time() - t0
         if swa_on:
@@ -458,6 +497,7 @@ with determinism.refuse_nondeterministic(str(device), cfg.backbone, _refused):
         metrics = {
             **val,
             "train/loss": train_loss,
+            **train_accuracy(hits),
             "train/img_s": n_seen / max(train_s, 1e-9),  # training throughput (images/s, sync at epoch end)
             "lr": optimizer.param_groups[head_group]["lr"] / (cfg.head_lr_mult or 1.0),  # the schedule's lr
             "epoch_time": time.time() - t0,

@@ -126,11 +126,14 @@ class Logger:
 
         self._safe(go)
 
-    def finish(self, summary: dict[str, Any], exit_code: int = 0) -> None:
-        """Write the summary, finish the run and wait for every queued call (the run's files are complete)."""
+    def finish(self, summary: dict[str, Any], exit_code: int = 0, tags: Sequence[str] = ()) -> None:
+        """Write the summary (and add ``tags``), finish the run and wait for every queued call (the run's files
+        are complete)."""
         if self._pool is None:
             return
         self._safe(lambda: self.run.summary.update(summary))
+        if tags:
+            self._safe(lambda: setattr(self.run, "tags", (*(self.run.tags or ()), *tags)))
         self._safe(lambda: self.run.finish(exit_code=exit_code))
         self._pool.shutdown(wait=True)
         self._pool = None

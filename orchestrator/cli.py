@@ -21,7 +21,7 @@ app = typer.Typer(
     name="orchestrate",
     help="Run hyperparameter sweeps of face-attribute CNNs on every free GPU, with Optuna pruning and W&B logging.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 datasets_app = typer.Typer(
@@ -53,10 +53,30 @@ class TableFormat(StrEnum):
     markdown = "markdown"
 
 
+def _no_color(stream: Any) -> bool | None:
+    """No colour on a pipe; on a terminal, rich decides from ``NO_COLOR`` (an explicit False would override it)."""
+    return True if not stream.isatty() else None
+
+
+def _flags_as_flags() -> None:
+    """typer's help prints a type after every flag (``--dry-run <bool>``): a flag takes no value, so none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_as_flags()
+
+
 def _err_console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, no_color=not sys.stderr.isatty(), highlight=False)
+    return Console(stderr=True, no_color=_no_color(sys.stderr), highlight=False)
 
 
 def _fail(exc: BaseException) -> None:
@@ -72,8 +92,25 @@ def _fail(exc: BaseException) -> None:
     raise exc
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"orchestrate {version('orchestrate')}")
+        except PackageNotFoundError:
+            typer.echo("orchestrate (not installed: run from a source tree)")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
     global _DEBUG
     _DEBUG = debug
 
@@ -264,8 +301,39 @@ def _launch(
             f"interrupted: run `orchestrate launch {file}` again to resume (finished trials are kept)"
         )
         return 130
-    display.message(f"see `orchestrate leaderboard --storage {mask_url(opts.storage)}`")
+    for line in _best_lines(opts.storage, [s.name for s in specs]):
+        display.message(line)
     return 0
+
+
+def _best_lines(storage: str, sweeps: list[str]) -> list[str]:
+    """The closing summary: each sweep's best configuration (its swept parameters and value) and what to run
+    next. Nothing that fails here fails the launch: then only the leaderboard command is named."""
+    from orchestrator import leaderboard as lb
+    from orchestrator.faults import mask_url
+    from orchestrator.storage import DEFAULT_STORAGE
+
+    where = "" if storage == DEFAULT_STORAGE else f" --storage '{mask_url(storage)}'"
+    try:
+        tables = lb.build(storage, sweep=sweeps, states=["COMPLETE"], top=1)
+    except Exception:  # noqa: BLE001 - a summary, never a failure
+        return [f"see `orchestrate leaderboard{where}`"]
+    lines = []
+    for t in tables:
+        if not t["rows"]:
+            lines.append(f"[{t['sweep']}] no complete trial")
+            continue
+        row = t["rows"][0]
+        who = f"trials {row['trials']}" if t.get("aggregated") else f"trial {row['trial']}"
+        value = lb.cell(row, "value")
+        params = ", ".join(f"{p}={lb.cell(row, 'param:' + p)}" for p in t["params"])
+        lines.append(
+            f"[{t['sweep']}] best: {who}, {t['metric'] or 'value'}={value}"
+            + (f" ({params})" if params else "")
+            + f" → orchestrate leaderboard --sweep {t['sweep']}{where}"
+        )
+    lines.append(f"next: `orchestrate report --out report/{where}` (tables, curves, importances)")
+    return lines
 
 
 def _check_writable(path: Path) -> None:
@@ -285,7 +353,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
     from rich.table import Table
 
     tty = sys.stdout.isatty()
-    console = Console(no_color=not tty, width=None if tty else 160)  # pipes and logs: don't truncate
+    console = Console(
+        no_color=_no_color(sys.stdout), width=None if tty else 160
+    )  # pipes and logs: don't truncate
     table = Table(title="plan (nothing started)")
     for col in ("sweep", "method", "trials", "jobs", "after", "searched parameters"):
         table.add_column(col)
@@ -330,7 +400,15 @@ def leaderboard(
     sort: Annotated[
         str | None, typer.Option(help="Sort by a column or parameter (-NAME: descending); default: rank.")
     ] = None,
-    columns: Annotated[str | None, typer.Option(help="Comma-separated columns to show.")] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="Comma-separated columns to show (default: the compact set).")
+    ] = None,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide", help="Every column (state, best/last epoch, all metrics, cost, host, W&B run)."
+        ),
+    ] = False,
     per_trial: Annotated[
         bool,
         typer.Option("--per-trial", help="One row per trial even when the sweep repeats folds/seeds."),
@@ -366,9 +444,9 @@ def leaderboard(
             tables = lb.build(storage, sweep, **opts)
         wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         if fmt == TableFormat.table and sys.stdout.isatty():
-            lb.print_tables(tables, wanted)
+            lb.print_tables(tables, wanted, wide)
         else:
-            typer.echo(lb.render(tables, fmt.value, wanted), nl=False)
+            typer.echo(lb.render(tables, fmt.value, wanted, wide), nl=False)
     except OrchestrateError as exc:
         _fail(exc)
 
@@ -500,7 +578,7 @@ def datasets_check(
         from rich.console import Console
         from rich.pretty import Pretty
 
-        Console(no_color=not sys.stdout.isatty()).print(Pretty(report))
+        Console(no_color=_no_color(sys.stdout)).print(Pretty(report))
     if not report.get("ok", True):
         for err in report.get("errors") or []:
             _err_console().print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
@@ -591,7 +669,8 @@ _EXIT_NOW = [False]
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        app()
+        # also under `python -m orchestrator`: help and completion name the command
+        app(prog_name="orchestrate")
     except SystemExit as exc:
         if not _EXIT_NOW[0]:
             raise

@@ -36,6 +36,7 @@ blank when the attribute is absent.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import math
@@ -707,14 +708,24 @@ def build(
         studies = load(storage_url, sweep or None)
     conds = [_parse_where(w) for w in where or []]
     wanted = {s.upper() for s in states} if states else None
+    for s in sorted(wanted or ()):
+        if s not in STATE_ORDER:
+            raise UsageError(
+                f"--state {s.lower()!r}: no such trial state", hint=_suggest(s, list(STATE_ORDER))
+            )
     tables = []
+    seen_names: set[str] = set()  # every parameter and column name, for --where
     for sd in studies:
         all_rows = trial_rows(sd)
+        seen_names.update(k for r in all_rows for k in (*r["_params"], *r) if not k.startswith("_"))
+        seen_names.update([sd.metric] if sd.metric and all_rows else [])
+        # the objective by its name (--where 'val/acc>0.8') is the value column
+        sconds = [("value" if n == sd.metric else n, op, v) for n, op, v in conds]
         params = varying([r["_params"] for r in all_rows])
         rows = [
             r
             for r in all_rows
-            if (wanted is None or r["state"] in wanted) and all(_matches(r, c) for c in conds)
+            if (wanted is None or r["state"] in wanted) and all(_matches(r, c) for c in sconds)
         ]
         repeats = [p for p in params if is_repeat(p)]
         trial_level = rows
@@ -751,16 +762,29 @@ def build(
                 "rows": rows,
             }
         )
+    for name, _, _ in conds:
+        if seen_names and name not in seen_names:
+            raise UsageError(
+                f"--where: no parameter or column {name!r}", hint=_suggest(name, sorted(seen_names))
+            )
     return tables
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    """``did you mean X?`` (difflib) and the choices: the hint of a bad --where, --state or --sort."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if not close:  # 'backbone' for 'model.backbone': the last dotted name
+        close = [c for c in choices if c.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]][:1]
+    listed = ", ".join(choices[:40]) + (" …" if len(choices) > 40 else "")
+    return (f"did you mean {close[0]!r}? " if close else "") + f"choose from: {listed}"
 
 
 def _sorted(rows: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
     desc = spec.startswith("-")
     col = spec.lstrip("-+")
     if rows and not any(col in r or col in r["_params"] for r in rows):
-        raise UsageError(
-            f"--sort {spec!r}: no column {col!r}", hint="e.g. --sort duration_s or --sort -val/acc"
-        )
+        names = sorted({k for r in rows for k in (*r["_params"], *r) if not k.startswith("_")})
+        raise UsageError(f"--sort {spec!r}: no column {col!r}", hint=_suggest(col, names))
 
     def key(r: dict[str, Any]) -> tuple[int, Any]:
         v = r["_params"].get(col, r.get(col))
@@ -845,6 +869,35 @@ def columns(table: dict[str, Any], wanted: list[str] | None = None) -> list[str]
     return cols
 
 
+# the metrics the default table shows beside the objective (at most 3; 2 when cells are mean ± std)
+COMPACT_METRICS = (
+    "test/acc",
+    "test/mae",
+    "val/loss",
+    "test/f1",
+    "test/one_off",
+    "val/f1",
+    "val/mae",
+    "val/acc",
+)
+
+
+def compact_columns(table: dict[str, Any]) -> list[str]:
+    """The default terminal table (80–120 columns): rank, trial, value (± std), the swept parameters and 2–3
+    metrics; the state only when some row is not COMPLETE. ``--wide`` or ``--columns`` shows the others."""
+    full = columns(table)
+    rows = table["rows"]
+    cols = [c for c in full if c == f"param:{table.get('group_by')}"]
+    cols += [c for c in ("rank", "trials", "trial") if c in full][:2]
+    if any(r.get("state") != "COMPLETE" for r in rows):
+        cols.append("state")
+    cols += [c for c in ("n", "value", "group_mean", "group_n") if c in full]
+    cols += [c for c in full if c.startswith("param:") and c not in cols]
+    room = 2 if table.get("aggregated") else 3
+    cols += [m for m in COMPACT_METRICS if m in full and m != table.get("metric")][:room]
+    return cols
+
+
 def _value(row: dict[str, Any], col: str) -> Any:
     if col.startswith("param:"):
         return row["_params"].get(col[6:])
@@ -861,7 +914,9 @@ def _title(t: dict[str, Any]) -> str:
     return f"{t['sweep']}{goal}{extra}"
 
 
-def render(tables: list[dict[str, Any]], fmt: str, wanted: list[str] | None = None) -> str:
+def render(
+    tables: list[dict[str, Any]], fmt: str, wanted: list[str] | None = None, wide: bool = False
+) -> str:
     if fmt == "json":
         out = []
         for t in tables:
@@ -918,17 +973,17 @@ def render(tables: list[dict[str, Any]], fmt: str, wanted: list[str] | None = No
             parts.append("")
         return "\n".join(parts)
     if fmt in ("table", "plain"):
-        return plain(tables, wanted)
+        return plain(tables, wanted, wide)
     raise UsageError(f"--format {fmt!r}: use table, csv, json or markdown")
 
 
-def plain(tables: list[dict[str, Any]], wanted: list[str] | None = None) -> str:
+def plain(tables: list[dict[str, Any]], wanted: list[str] | None = None, wide: bool = False) -> str:
     """Aligned plain text (no box drawing, no colour): what a pipe or a log file gets."""
     if not tables:
         return "no sweeps in this storage yet — run `orchestrate launch` first\n"
     parts = []
     for t in tables:
-        cols = columns(t, wanted)
+        cols = columns(t, wanted) if wanted or wide else compact_columns(t)
         head = [c.removeprefix("param:") for c in cols]
         body = [[cell(r, c) for c in cols] for r in t["rows"]]
         widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
@@ -940,7 +995,7 @@ def plain(tables: list[dict[str, Any]], wanted: list[str] | None = None) -> str:
     return "\n".join(parts)
 
 
-def print_tables(tables: list[dict[str, Any]], wanted: list[str] | None = None) -> None:
+def print_tables(tables: list[dict[str, Any]], wanted: list[str] | None = None, wide: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -949,7 +1004,7 @@ def print_tables(tables: list[dict[str, Any]], wanted: list[str] | None = None) 
         console.print("no sweeps in this storage yet — run `orchestrate launch` first")
     for t in tables:
         table = Table(title=_title(t), title_justify="left")
-        cols = columns(t, wanted)
+        cols = columns(t, wanted) if wanted or wide else compact_columns(t)
         for c in cols:
             left = c in ("state", "wandb", "host", "trials") or c.startswith("param:")
             table.add_column(c.removeprefix("param:"), justify="left" if left else "right", overflow="fold")

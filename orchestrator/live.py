@@ -1,4 +1,11 @@
-"""What ``launch`` shows: a rich live table of slots and trials on a terminal, plain log lines otherwise."""
+"""What ``launch`` shows: a rich live table of slots and trials on a terminal, plain log lines otherwise.
+
+The live table has one row per running job: sweep, trial, slot, ``epoch 3/4`` (the total from the trial's
+``info`` event), the sweep metric's last value, elapsed time, and only the parameters that vary in its sweep
+(the constants are printed once, as the sweep starts). Its caption has, per sweep: finished of cap (complete, pruned,
+failed), running, queued, the best value so far and an ETA (mean duration of the trials finished in this
+launch × (queued + running) / jobs running, as ``orchestrate status``).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,28 @@ def _params(flat: dict[str, Any], limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _dur(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _sweep_of(label: str) -> str:
+    """The sweep of a display label (``name`` or ``name fold 3``)."""
+    head, sep, tail = label.rpartition(" fold ")
+    return head if sep and tail.isdigit() else label
+
+
+def _constants(runner: Any) -> dict[str, Any]:
+    try:
+        return dict(runner.spec.parameters.constants())
+    except Exception:  # noqa: BLE001 - a display never fails a launch
+        return {}
+
+
 @dataclass
 class _Row:
     sweep: str
@@ -31,6 +60,13 @@ class _Row:
     metric: str | None = None
     value: float | None = None
     state: str = "RUNNING"
+    epochs: int | None = None  # the total, once the trial said it
+
+
+def _epoch(row: _Row) -> str:
+    if row.step is None:
+        return "" if row.epochs is None else f"0/{row.epochs}"
+    return f"{row.step}/{row.epochs}" if row.epochs else str(row.step)
 
 
 class PlainDisplay:
@@ -47,6 +83,9 @@ class PlainDisplay:
         left = len(runner.pending)
         cap = f", cap {runner.cap}" if runner.cap is not None else ""
         self._say(f"[{name}] {runner.spec.method}: {runner.finished} finished, {left} queued{cap}")
+        consts = _constants(runner)
+        if consts:  # once: the rows show only what varies
+            self._say(f"[{name}] constants: {_params(consts, 400)}")
 
     def trial_started(self, sweep: str, number: int, slot: str, flat: dict[str, Any], attempt: int) -> None:
         again = f" (attempt {attempt})" if attempt > 1 else ""
@@ -60,6 +99,9 @@ class PlainDisplay:
 
     def trial_pruning(self, sweep: str, number: int, step: int) -> None:
         self._say(f"[{sweep}] trial {number} pruned at step {step}: stopping it")
+
+    def trial_epochs(self, sweep: str, number: int, epochs: int) -> None:
+        """The trial's number of epochs (from its ``info`` event)."""
 
     def trial_finished(
         self,
@@ -101,6 +143,8 @@ class LiveDisplay(PlainDisplay):
         self.rows: dict[tuple[str, int], _Row] = {}
         self.runners: dict[str, Any] = {}  # sweep name → its SweepRunner (counts for the caption)
         self.paused: str | None = None  # the pause line (storage or runs dir failing), shown above the counts
+        self.durations: dict[str, list[float]] = {}  # sweep → durations of its trials finished in this launch
+        self.best: dict[str, tuple[float, int]] = {}  # sweep → (best value so far, trial)
         self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=True)
         self.started = False  # the table appears with the first trial, below the start-up messages
 
@@ -108,18 +152,20 @@ class LiveDisplay(PlainDisplay):
         from rich.table import Table
 
         table = Table(title="running trials", caption=self._caption(), caption_justify="left", expand=False)
-        for col in ("sweep", "trial", "slot", "epoch", "metric", "elapsed", "params"):
-            table.add_column(col)
+        for col in ("sweep", "trial", "slot", "epoch", "metric", "elapsed", "swept params"):
+            table.add_column(col, no_wrap=col != "swept params")
         now = time.time()
         for row in sorted(self.rows.values(), key=lambda r: r.slot):
+            consts = _constants(self.runners.get(_sweep_of(row.sweep)))
+            swept = {k: v for k, v in row.params.items() if k not in consts}
             table.add_row(
                 row.sweep,
                 str(row.number),
                 row.slot,
-                "" if row.step is None else str(row.step),
+                _epoch(row),
                 "" if row.value is None else f"{row.metric}={_fmt(row.value)}",
-                f"{now - row.started:.0f}s",
-                _params(row.params),
+                _dur(now - row.started),
+                _params(swept),
             )
         return table
 
@@ -131,11 +177,29 @@ class LiveDisplay(PlainDisplay):
             c = r.counts
             queued = len(r.pending)
             cap = f"/{r.cap}" if r.cap is not None else ""
-            parts.append(
+            line = (
                 f"{name}: {r.finished}{cap} finished ({c['complete']} complete, {c['pruned']} pruned, "
                 f"{c['failed']} failed), {r.running} running, {queued} queued"
             )
+            best = getattr(self, "best", {}).get(name)
+            if best is not None:
+                metric = getattr(getattr(r.spec, "metric", None), "name", "value")
+                line += f"; best {metric}={_fmt(best[0])} (trial {best[1]})"
+            eta = self._eta(name, r)
+            if eta is not None:
+                line += f"; ETA {_dur(eta)}"
+            parts.append(line)
         return "\n".join(parts)
+
+    def _eta(self, name: str, runner: Any) -> float | None:
+        done = getattr(self, "durations", {}).get(name)
+        running = sum(1 for row in self.rows.values() if _sweep_of(row.sweep) == name)
+        left = len(runner.pending) + runner.running
+        if runner.cap is not None:
+            left = min(left, max(0, runner.cap - runner.finished))
+        if not done or not left:
+            return None
+        return sum(done) / len(done) * left / max(1, running)
 
     def sweep_ready(self, name: str, runner: Any) -> None:
         self.runners[name] = runner
@@ -159,6 +223,11 @@ class LiveDisplay(PlainDisplay):
             row.step, row.metric, row.value = step, metric, value
             self.live.update(self._table())
 
+    def trial_epochs(self, sweep: str, number: int, epochs: int) -> None:
+        row = self.rows.get((sweep, number))
+        if row is not None:
+            row.epochs = epochs
+
     def trial_finished(
         self,
         sweep: str,
@@ -169,7 +238,16 @@ class LiveDisplay(PlainDisplay):
         reason: str | None,
         steps: int,
     ) -> None:
-        self.rows.pop((sweep, number), None)
+        for key in [k for k in self.rows if k[1] == number and _sweep_of(k[0]) == sweep]:
+            del self.rows[key]  # the trial's row, or each of its folds' rows
+        if state in ("COMPLETE", "PRUNED"):
+            self.durations.setdefault(sweep, []).append(duration)
+        runner = self.runners.get(sweep)
+        goal = getattr(getattr(getattr(runner, "spec", None), "metric", None), "goal", None)
+        if state == "COMPLETE" and value is not None and goal is not None:
+            best = self.best.get(sweep)
+            if best is None or (value > best[0] if goal == "maximize" else value < best[0]):
+                self.best[sweep] = (value, number)
         super().trial_finished(sweep, number, state, value, duration, reason, steps)
         self.live.update(self._table())
 

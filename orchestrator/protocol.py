@@ -33,6 +33,10 @@ EVENT_SUMMARY = "summary"
 EVENT_INFO = "info"
 EVENT_CHECKPOINT = "checkpoint"
 EVENTS = (EVENT_METRICS, EVENT_SUMMARY, EVENT_INFO, EVENT_CHECKPOINT)
+# written into the run dir by the controller just before it stops the trial with SIGTERM, saying why:
+# {"reason": "pruned", "step": 3}. A trial that finds it on SIGTERM closes its W&B run as finished (exit code 0,
+# tag and summary ``pruned``) rather than as a crash; without it a SIGTERM is an interruption (exit code 143).
+STOP_FILE = "stop.json"
 
 
 def _clean(value: Any) -> Any:
@@ -92,6 +96,20 @@ def parse_line(line: str) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or obj.get("event") not in EVENTS:
         return {"event": "invalid", "line": line.rstrip("\n")}
     return obj
+
+
+def stop_reason(run_dir: Any) -> dict[str, Any]:
+    """Why the controller stopped the trial in ``run_dir`` (``{}`` when it did not say: an interruption)."""
+    import os
+
+    if not run_dir:
+        return {}
+    try:
+        with open(os.path.join(run_dir, STOP_FILE), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def as_float(value: Any) -> float | None:

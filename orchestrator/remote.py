@@ -115,11 +115,19 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _watch_stdin(proc: subprocess.Popen[bytes] | WarmTrial, grace: float) -> None:
-    """Commands from the controller; end of file means it (or the connection) is gone: stop the trial."""
+def _watch_stdin(proc: subprocess.Popen[bytes] | WarmTrial, grace: float, run_dir: Path) -> None:
+    """Commands from the controller; end of file means it (or the connection) is gone: stop the trial.
+
+    ``TERM PRUNED``: the trial was pruned; it finds that in ``protocol.STOP_FILE`` when SIGTERM reaches it."""
     for raw in sys.stdin.buffer:
         cmd = raw.strip().decode("ascii", "replace").upper()
-        if cmd == "TERM":
+        if cmd.startswith("TERM"):
+            reason = cmd[4:].strip().lower()
+            if reason:
+                with contextlib.suppress(OSError):
+                    (run_dir / protocol.STOP_FILE).write_text(
+                        json.dumps({"reason": reason}), encoding="utf-8"
+                    )
             _killpg(proc.pid, signal.SIGTERM)
         elif cmd == "KILL":
             _killpg(proc.pid, signal.SIGKILL)
@@ -175,7 +183,7 @@ def launch() -> int:
         remote_run_dir=str(run_dir),
         remote_warm=isinstance(proc, WarmTrial),
     )
-    threading.Thread(target=_watch_stdin, args=(proc, grace), daemon=True).start()
+    threading.Thread(target=_watch_stdin, args=(proc, grace, run_dir), daemon=True).start()
     rc = proc.wait()
     with contextlib.suppress(OSError):
         (run_dir / PID_FILE).unlink()
@@ -663,6 +671,70 @@ def _trial(req: dict[str, Any], fds: list[int], ready: int, close: list[Any]) ->
             os._exit(code)
 
 
+_INHERITED_TEMP_DIRS: list[Any] | None = None  # found by note_temp_dirs() in a pre-importing process
+
+
+def note_temp_dirs() -> None:
+    """In a process that pre-imports for forked trials, once its imports are done: find the temp dirs they hold.
+
+    (A scan of every loaded module costs ≈0.25 s with torch and wandb loaded: paid once here, not per trial.)
+    """
+    global _INHERITED_TEMP_DIRS
+    import tempfile
+
+    found: dict[int, Any] = {}
+    for mod in list(sys.modules.values()):
+        try:
+            names = vars(mod)
+        except TypeError:
+            continue
+        for value in list(names.values()):
+            held = [value]
+            if isinstance(value, type) and getattr(value, "__module__", None) == getattr(
+                mod, "__name__", None
+            ):
+                with contextlib.suppress(TypeError):
+                    held = list(vars(value).values())
+            for obj in held:
+                if isinstance(obj, tempfile.TemporaryDirectory):
+                    found[id(obj)] = obj
+    _INHERITED_TEMP_DIRS = list(found.values())
+
+
+def own_temp_dirs() -> None:
+    """In a forked child: the temporary directories its pre-importing parent made become the child's own.
+
+    A module imported before the fork may hold a ``tempfile.TemporaryDirectory`` and remove it at exit (wandb's
+    media staging dir ``…wandb-media``, where every table and image is written before it is copied into the run;
+    its artifacts' ``…wandb-artifacts``). Every trial forked from that process would share it, and the first one
+    to exit would delete it under the others (their tables lost: ``No such file … wandb-media``). Each one held
+    by a loaded module or one of its classes gets a new directory, in the trial's own temp dir, removed when the
+    trial exits; the parent's is left to the parent. ``tempfile.tempdir`` (cached by the parent's first use) is
+    forgotten, so the trial's ``TMPDIR`` counts.
+    """
+    import tempfile
+
+    tempfile.tempdir = None
+    if _INHERITED_TEMP_DIRS is None:
+        note_temp_dirs()
+    for obj in _INHERITED_TEMP_DIRS or ():
+        with contextlib.suppress(OSError, AttributeError):
+            _renew(obj)
+
+
+def _renew(obj: Any) -> None:
+    """``obj`` (a TemporaryDirectory) now names a new directory of the same suffix, which its clean-up removes."""
+    import tempfile
+
+    base = os.path.basename(obj.name)
+    suffix = base[11:] if base.startswith("tmp") and len(base) > 11 else ""
+    new = tempfile.TemporaryDirectory(suffix=suffix)
+    obj._finalizer.detach()  # the parent's directory: never removed by this process
+    obj.name = new.name
+    obj._finalizer = getattr(new, "_finalizer")  # noqa: B009 - private: removed at exit, or by obj.cleanup()
+    obj._orchestrate_own = new  # keeps the finalizer's referent alive as long as obj
+
+
 def run_as_main(module: str, args: list[str]) -> int:
     """In a forked child: run ``module`` as ``python -m module args…`` would, then its exit handlers; the exit code.
 
@@ -670,6 +742,7 @@ def run_as_main(module: str, args: list[str]) -> int:
     """
     import runpy
 
+    own_temp_dirs()
     sys.argv = [module, *args]
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -9,14 +9,17 @@
 2. the leaderboard (the very tables of :mod:`orchestrator.leaderboard`, same code, same numbers);
 3. the architecture comparison when the sweep varies a backbone-like parameter (``--group-by`` table and a bar
    chart with error bars);
-4. learning curves of the top trials (the objective per epoch: Optuna's intermediate values);
+4. learning curves of the top trials (the objective per epoch: Optuna's intermediate values), and their train
+   and val loss per epoch (``metrics.jsonl``; a trial run per fold: the mean over folds, with a min–max band);
 5. the optimisation history (every trial's value, best so far);
-6. parameter importances (Optuna's ``get_param_importances``: fANOVA up to 1,000 trials, PED-ANOVA beyond);
+6. parameter importances (Optuna's ``get_param_importances``: fANOVA up to 1,000 trials, PED-ANOVA beyond), with
+   a caution below :data:`FEW_TRIALS` complete trials;
 7. parallel coordinates of the varying parameters and the objective;
 8. confusion matrices of the best trials, when the experiment recorded them (see :func:`confusion_matrices`);
 9. the pruning summary: trials pruned, epochs run, epochs saved vs. running every trial to the full budget.
 
-Charts are drawn here as SVG (matplotlib is not a dependency).
+Charts are drawn here as SVG (matplotlib is not a dependency). Epoch and trial axes have integer ticks; bar
+charts of values that are all ≥ 0 start at 0.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ PALETTE = [
     "#bcbd22",
     "#17becf",
 ]
+FEW_TRIALS = 10  # importances over fewer complete trials than this carry a caution
 ARCH_PARAMS = ("backbone", "arch", "architecture", "model", "network", "net")
 W, H = 640, 360
 ML, MR, MT, MB = 64, 150, 36, 48  # margins: left (y labels), right (legend), top (title), bottom (x labels)
@@ -94,6 +98,7 @@ class _Plot:
         height: int = H,
         right: int = MR,
         xticks: bool = True,
+        integer_x: bool = False,
     ) -> None:
         self.w, self.h, self.right = width, height, right
         self.x0, self.x1 = xr
@@ -110,6 +115,7 @@ class _Plot:
             f'<text x="{ML}" y="20" font-size="13" font-weight="bold">{_e(title)}</text>',
         ]
         self.legend: list[tuple[str, str, str]] = []
+        self.integer_x = integer_x  # epochs, trial numbers: whole ticks only
         self._axes(xlabel, ylabel, xticks)
 
     @property
@@ -133,8 +139,9 @@ class _Plot:
             p.append(f'<line x1="{ML}" x2="{ML + self.pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>')
             p.append(f'<text x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
         xt = _nice_ticks(self.x0, self.x1, 6) if xticks else []
-        if all(float(t).is_integer() for t in xt) or not xt:
-            xt = [t for t in xt if float(t).is_integer()]
+        if self.integer_x and xt:
+            step = max(1, math.ceil(xt[1] - xt[0]) if len(xt) > 1 else 1)
+            xt = [float(v) for v in range(math.ceil(self.x0), math.floor(self.x1) + 1) if v % step == 0]
         for t in xt:
             x = self.sx(t)
             p.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{MT}" y2="{MT + self.ph}" stroke="#f0f0f0"/>')
@@ -160,6 +167,14 @@ class _Plot:
         self.parts.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="1.8"{extra}/>')
         if label:
             self.legend.append((label, color, "line"))
+
+    def band(self, lows: list[tuple[float, float]], highs: list[tuple[float, float]], color: str) -> None:
+        """A shaded area between two curves (the spread over folds)."""
+        if len(lows) < 2:
+            return
+        pts = [*lows, *reversed(highs)]
+        d = " ".join(f"{self.sx(x):.1f},{self.sy(y):.1f}" for x, y in pts)
+        self.parts.append(f'<polygon points="{d}" fill="{color}" opacity="0.15" stroke="none"/>')
 
     def dots(
         self, pts: list[tuple[float, float]], color: str, label: str | None = None, hollow: bool = False
@@ -209,7 +224,12 @@ def curves_svg(sd: lb.StudyData, trials: list[int], metric: str) -> str | None:
     xs = [x for _, pts in series for x, _ in pts]
     ys = [y for _, pts in series for _, y in pts]
     plot = _Plot(
-        f"Learning curves of the top {len(series)} trials", "epoch", metric, (min(xs), max(xs)), _range(ys)
+        f"Learning curves of the top {len(series)} trials",
+        "epoch",
+        metric,
+        (min(xs), max(xs)),
+        _range(ys),
+        integer_x=True,
     )
     for i, (n, pts) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
@@ -222,6 +242,80 @@ def curves_svg(sd: lb.StudyData, trials: list[int], metric: str) -> str | None:
         )
         plot.dots(pts[-1:], color)
     return plot.svg()
+
+
+def _epoch_metrics(run_dir: Path, keys: tuple[str, ...]) -> list[dict[str, dict[int, float]]]:
+    """Per job of a trial (its folds, or itself): ``{key: {epoch: value}}`` from ``metrics.jsonl``."""
+    files = sorted(run_dir.glob("fold*/metrics.jsonl")) or [run_dir / "metrics.jsonl"]
+    jobs = []
+    for path in files:
+        curves: dict[str, dict[int, float]] = {k: {} for k in keys}
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            step = row.get("step") if isinstance(row, dict) else None
+            if not isinstance(step, int):
+                continue
+            for k in keys:
+                v = lb._num(row.get(k))
+                if v is not None and math.isfinite(v):
+                    curves[k][step] = v
+        if any(curves.values()):
+            jobs.append(curves)
+    return jobs
+
+
+def loss_curves_svg(sd: lb.StudyData, trials: list[int]) -> tuple[str | None, int]:
+    """Train (dashed) and val (solid) loss per epoch of each trial; with folds, the mean over the folds and a
+    min–max band. Also the largest number of folds seen (for the caption)."""
+    recs = {t.number: t for t in sd.trials}
+    plot_data = []
+    most = 0
+    for n in trials:
+        run_dir = recs[n].attrs.get(st.ATTR_RUN_DIR) if n in recs else None
+        if not run_dir:
+            continue
+        jobs = _epoch_metrics(Path(run_dir), ("train/loss", "val/loss"))
+        if not jobs:
+            continue
+        most = max(most, len(jobs))
+        series = {}
+        for key in ("train/loss", "val/loss"):
+            epochs = sorted({e for j in jobs for e in j[key]})
+            mean, low, high = [], [], []
+            for e in epochs:
+                vals = [j[key][e] for j in jobs if e in j[key]]
+                mean.append((float(e), sum(vals) / len(vals)))
+                low.append((float(e), min(vals)))
+                high.append((float(e), max(vals)))
+            series[key] = (mean, low, high)
+        plot_data.append((n, series))
+    if not plot_data:
+        return None, 0
+    xs = [x for _, s in plot_data for m, _, _ in s.values() for x, _ in m]
+    ys = [y for _, s in plot_data for _, lo, hi in s.values() for _, y in lo + hi]
+    plot = _Plot(
+        f"Train and val loss of the top {len(plot_data)} trials",
+        "epoch",
+        "loss",
+        (min(xs), max(xs)),
+        _range(ys),
+        integer_x=True,
+    )
+    for i, (n, series) in enumerate(plot_data):
+        color = PALETTE[i % len(PALETTE)]
+        for key, (mean, low, high) in series.items():
+            if most > 1:
+                plot.band(low, high, color)
+            train = key == "train/loss"
+            plot.line(mean, color, f"trial {n} {'train' if train else 'val'}", "5 3" if train else "")
+    return plot.svg(), most
 
 
 def history_svg(sd: lb.StudyData, metric: str) -> str | None:
@@ -240,7 +334,9 @@ def history_svg(sd: lb.StudyData, metric: str) -> str | None:
         return None
     xs = [x for x, _ in done + pruned]
     ys = [y for _, y in done + pruned]
-    plot = _Plot("Optimisation history", "trial", metric, (min(xs) - 0.5, max(xs) + 0.5), _range(ys))
+    plot = _Plot(
+        "Optimisation history", "trial", metric, (min(xs) - 0.5, max(xs) + 0.5), _range(ys), integer_x=True
+    )
     plot.dots(pruned, "#999999", "pruned (best epoch)", hollow=True)
     plot.dots(done, PALETTE[0], "complete")
     best: list[tuple[float, float]] = []
@@ -281,7 +377,8 @@ def bars_svg(
     tops = [v + (e or 0) for v, e in zip(values, errors, strict=True)]
     lows = [v - (e or 0) for v, e in zip(values, errors, strict=True)]
     lo, hi = _range(lows + tops, 0.15)
-    lo = min(lo, 0.0) if all(v >= 0 for v in values) and hi > 0 and lo < hi * 0.2 else lo
+    if all(v >= 0 for v in values):
+        lo = 0.0  # a bar's length is its value: bars start at 0
     n = len(labels)
     plot = _Plot(title, caption, ylabel, (-0.5, n - 0.5), (lo, hi), right=20, xticks=False)
     bw = plot.pw / n * 0.6
@@ -579,7 +676,8 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;c
 h1{font-size:22px}h2{font-size:18px;border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:36px}
 h3{font-size:15px;margin-top:24px}.note{color:#666;font-size:13px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;overflow-wrap:anywhere;vertical-align:top}
+td{min-width:3em}.caution{color:#a06000;font-weight:bold}
 th{background:#f4f6f8}td:first-child,th:first-child{text-align:left}
 tr.pruned td{color:#a06000}tr.fail td{color:#c00}tr.running td{color:#07a}
 table.kv th{text-align:left}.scroll{overflow-x:auto}.charts{display:flex;flex-wrap:wrap;gap:16px}
@@ -674,12 +772,28 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
         "curves", curves_svg(sd, top_trials, metric), f"{metric} per epoch of the top trials (dashed: pruned)"
     )
     chart("history", history_svg(sd, metric), f"{metric} of every trial in order, and the best so far")
+    losses, n_folds = loss_curves_svg(sd, top_trials[:4])
+    chart(
+        "losses",
+        losses,
+        "train (dashed) and val (solid) loss per epoch of the top trials"
+        + (f"; mean over up to {n_folds} folds, band: min–max over folds" if n_folds > 1 else ""),
+    )
     h.append("</div>")
 
     imp, note = importances(url, sd)
     data["importances"] = dict(imp)
     h.append("<h3>Parameter importances</h3>")
     m.append("### Parameter importances\n")
+    n_complete = sum(1 for t in sd.trials if t.state == "COMPLETE" and t.value is not None)
+    if imp and n_complete < FEW_TRIALS:
+        caution = (
+            f"Caution: only {n_complete} complete trials (fewer than {FEW_TRIALS}): these importances rest on few "
+            "points and may change with more trials."
+        )
+        h.append(f"<p class='note caution'>{_e(caution)}</p>")
+        m.append(f"> {caution}\n")
+        data["importances_caution"] = caution
     if imp:
         chart("importances", hbar_svg("Parameter importances", imp, note), note)
     else:

@@ -108,6 +108,11 @@ class RunDir:
         return self.path / "result.json"
 
     @property
+    def stop_json(self) -> Path:
+        """Why the controller stopped the trial (protocol.STOP_FILE), written just before it sends SIGTERM."""
+        return self.path / "stop.json"
+
+    @property
     def wandb_dir(self) -> Path:
         """Parent of W&B's own ``wandb/`` folder (W&B writes ``<WANDB_DIR>/wandb/offline-run-…``)."""
         return self.path

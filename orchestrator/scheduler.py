@@ -45,7 +45,7 @@ from orchestrator.executors import Job, get_executor
 from orchestrator.leases import open_leases
 from orchestrator.options import LaunchOptions, Outcome
 from orchestrator.record import _merge_summaries, _never_ran, _recorder, _write_metrics
-from orchestrator.rundir import PROJECT_ROOT, RunDir
+from orchestrator.rundir import PROJECT_ROOT, RunDir, atomic_write_json
 from orchestrator.slots import Slot
 from orchestrator.sweep import ATTR_REMOTE, ATTR_RESUMED, SweepRunner, point_key
 from orchestrator.wandb_env import child_env, new_run_id
@@ -304,6 +304,10 @@ class Controller(Coordination):
             elif part.state == "running" and part.job is not None:
                 if part.job.stopping is None:
                     part.job.stopping = rt.stopping
+                if rt.stopping == "pruned":  # the trial closes its W&B run as finished, tagged pruned
+                    with contextlib.suppress(OSError):
+                        why = {"reason": "pruned", "step": max(rt.curve, default=None)}
+                        atomic_write_json(part.run_dir.stop_json, why, durable=False)
                 self.executor.stop(part.job, grace=self.opts.grace if grace is None else grace)
 
     def _fill_slots(self) -> None:
@@ -539,26 +543,26 @@ class Controller(Coordination):
         env = self._process_env(spec, slot)
         env.update({"ORCHESTRATE_RUN_DIR": str(run_dir.path.resolve()), "ORCHESTRATE_TRIAL": str(number)})
         tags = [f"sweep:{spec.name}", f"slot:{slot.id}"] + ([f"fold:{fold}"] if fold is not None else [])
-        sweep_id: str | None = None
         param_path: Path | None = None
-        if not spec.experiment:
-            # a user's W&B program: the environment a W&B agent gives (wandb_env.py)
-            from orchestrator.wandb_env import (
-                SWEEP_ID_ATTR,
-                new_sweep_id,
-                sweep_param_path,
-                write_sweep_params,
-            )
+        # every run of a sweep carries its sweep id (kept in the study), so W&B groups them as one sweep
+        from orchestrator.wandb_env import (
+            SWEEP_ID_ATTR,
+            new_sweep_id,
+            sweep_param_path,
+            write_sweep_params,
+        )
 
-            ids: dict[str, str] = self.__dict__.setdefault("_wandb_sweep_ids", {})
-            if spec.name not in ids:
-                study = next(r.study for r in self.runners if r.spec is spec)
-                stored = study.user_attrs.get(SWEEP_ID_ATTR)
-                if not stored:
-                    stored = new_sweep_id()
-                    study.set_user_attr(SWEEP_ID_ATTR, stored)
-                ids[spec.name] = str(stored)
-            sweep_id = ids[spec.name]
+        ids: dict[str, str] = self.__dict__.setdefault("_wandb_sweep_ids", {})
+        if spec.name not in ids:
+            study = next(r.study for r in self.runners if r.spec is spec)
+            stored = study.user_attrs.get(SWEEP_ID_ATTR)
+            if not stored:
+                stored = new_sweep_id()
+                study.set_user_attr(SWEEP_ID_ATTR, stored)
+            ids[spec.name] = str(stored)
+        sweep_id = ids[spec.name]
+        if not spec.experiment:
+            # a user's W&B program: the parameters file a W&B agent gives (wandb_env.py)
             param_path = sweep_param_path(run_dir.path.resolve(), sweep_id, wandb_id)
             write_sweep_params(param_path, run_dir.read_trial().get("params") or {})
         env.update(
@@ -574,9 +578,18 @@ class Controller(Coordination):
                 cache_dir=self.cache_dir,
                 sweep_id=sweep_id,
                 param_path=param_path,
+                job_type=self._job_type(spec, fold),
             )
         )
         return env
+
+    def _job_type(self, spec: Any, fold: int | None) -> str:
+        """The W&B run's job_type: finetune (a second stage), pretrain (a first), fold (one of k), train."""
+        if getattr(spec, "depends_on", None):
+            return "finetune"
+        if any(getattr(s, "depends_on", None) == spec.name for s in self.specs):
+            return "pretrain"
+        return "train" if fold is None else "fold"
 
     # ----- what the children say -----
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
@@ -610,6 +623,9 @@ class Controller(Coordination):
                 f"record that trial {rt.trial.number} of {rt.sweep.spec.name} resumed",
                 lambda: rt.trial.set_user_attr(resumed, event["resumed_from_epoch"]),
             )
+        if kind == protocol.EVENT_INFO and isinstance(event.get("epochs"), int):  # the view's "epoch 3/4"
+            label = rt.sweep.spec.name if part.fold is None else f"{rt.sweep.spec.name} fold {part.fold}"
+            self.display.trial_epochs(label, rt.trial.number, int(event["epochs"]))
         if part.ready_s is None and kind in (protocol.EVENT_INFO, protocol.EVENT_METRICS):
             part.ready_s = time.time() - job.started  # slot given → the child is set up and training
         if kind == protocol.EVENT_SUMMARY:
@@ -776,6 +792,7 @@ class Controller(Coordination):
         summary = _merge_summaries([p.summary for p in parts if p.summary is not None])
         if summary:
             attrs[st.ATTR_SUMMARY] = summary
+            attrs.update(st.key_metrics(summary))  # top-level: sortable columns in optuna-dashboard
         state: Any
         value: float | None = None
         reason: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -58,6 +59,17 @@ def _query(url: str) -> dict[str, Any]:
         return dict(make_url(url).query)
     except Exception:
         return {}
+
+
+def key_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The trial's test metrics (``test/acc``, ``test/mae`` …) as their own user attributes: optuna-dashboard
+    sorts and filters trials by user attributes, not by keys inside ``orchestrate.summary``."""
+    out: dict[str, float] = {}
+    for k, v in summary.items():
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if str(k).startswith("test/") and number and math.isfinite(v):
+            out[str(k)] = float(v)
+    return out
 
 
 def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:

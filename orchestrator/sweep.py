@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,10 @@ class SweepRunner:
         self.study.set_user_attr(
             st.ATTR_METRIC, {"name": self.metric.name, "goal": self.metric.goal} if self.metric else None
         )
+        if self.metric is not None and self.study.metric_names != [self.metric.name]:
+            with warnings.catch_warnings():  # experimental in Optuna: optuna-dashboard labels the objective
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([self.metric.name])
         self.study.set_user_attr(st.ATTR_SPEC, spec.describe())
         self.retries = int(spec.retries or 0)
         cap = spec.run_cap

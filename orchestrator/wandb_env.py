@@ -101,6 +101,7 @@ def child_env(
     cache_dir: Path,
     sweep_id: str | None = None,
     param_path: Path | None = None,
+    job_type: str | None = None,
 ) -> dict[str, str]:
     env = {
         "WANDB_MODE": mode,
@@ -116,6 +117,8 @@ def child_env(
         "WANDB_CACHE_DIR": str(cache_dir / "wandb-cache"),
         "WANDB_ARTIFACT_DIR": str(run_dir / "artifacts"),
     }
+    if job_type:
+        env["WANDB_JOB_TYPE"] = job_type
     if param_path is not None:
         env["WANDB_SWEEP_PARAM_PATH"] = str(param_path)
     if sweep_id and mode != "online":

@@ -16,7 +16,8 @@ WANDB = [sys.executable, "-m", "wandb"]
 
 
 def read_offline_run(run_dir: Path) -> dict[str, Any]:
-    """``{"run": {...}, "config": {...}, "history": [rows], "summary": {...}}`` of one offline run folder."""
+    """``{"run": {...}, "config": {...}, "history": [rows], "summary": {...}, "exit_code": N}`` of one offline run
+    folder (``run``: the last run record, tags and all; ``exit_code``: None when the run was never finished)."""
     out = subprocess.run(
         [*WANDB, "leet", "inspect", "--json", str(run_dir)],
         capture_output=True,
@@ -26,12 +27,15 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
     ).stdout
     run: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
+    exit_code: int | None = None
     for line in out.splitlines():
         rec = json.loads(line)
         if rec.get("type") == "run":
             run = rec["run"]
         elif rec.get("type") == "history":
             history.append(rec["history"]["item"])
+        elif rec.get("type") == "exit":
+            exit_code = int(rec["exit"].get("exit_code", 0))
     summary = json.loads(
         subprocess.run(
             [*WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)],
@@ -46,4 +50,5 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
         "config": summary.get("config", {}),
         "summary": summary.get("summary", {}),
         "history": history,
+        "exit_code": exit_code,
     }

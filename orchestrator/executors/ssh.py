@@ -447,7 +447,7 @@ class SSHExecutor(Executor):
         proc = job.handle
         if proc is None or proc.poll() is not None:
             return
-        self._send(proc, "TERM")
+        self._send(proc, "TERM PRUNED" if job.stopping == "pruned" else "TERM")  # the trial finds stop.json
 
         def _kill() -> None:
             if proc.poll() is None:

@@ -65,7 +65,7 @@ from typing import IO, Any
 from orchestrator import protocol, remote
 from orchestrator.executors._base import Executor, Job
 from orchestrator.executors.local import LocalExecutor, _die_with_parent, _dies_with_parent, _signal_group
-from orchestrator.remote import ZYGOTE_ENV, run_as_main
+from orchestrator.remote import ZYGOTE_ENV, note_temp_dirs, run_as_main
 
 CONTROL = "@orchestrate-worker "
 # what a zygote imports before its first fork (never CUDA initialisation: a forked child must be able to)
@@ -751,6 +751,7 @@ def _preload(names: list[str]) -> None:
             importlib.import_module(name)
         except Exception as exc:  # a missing optional module only costs its warmth
             print(f"warm worker: could not preload {name}: {exc}", file=sys.stderr)
+    note_temp_dirs()  # each trial forked from here gets its own copy of them (remote.own_temp_dirs)
 
 
 def _zygote_main(preload: list[str]) -> None:

@@ -20,7 +20,9 @@ imported here. When ``wandb.sdk.wandb_run`` is imported, ``Run._log`` (behind ``
   and an offline W&B run then loses everything (``wandb-core`` buffers the ``.wandb`` file and exits without
   writing it when its client vanishes). So, unless the script installed its own handler, SIGTERM raises
   ``SystemExit(143)`` in the main thread: the script unwinds, W&B's exit hook finishes the run (exit code 143,
-  config/history kept), and no summary is printed for it.
+  config/history kept), and no summary is printed for it. A *pruned* trial (the controller wrote
+  ``protocol.STOP_FILE`` into ``ORCHESTRATE_RUN_DIR`` first) raises ``SystemExit(0)`` instead, after adding the
+  tag and the summary field ``pruned`` to ``wandb.run``: its run is finished, not crashed.
 * A script that reports through ``orchestrator.protocol`` itself (it imported it) is left alone: no double
   reports.
 * Lines go to a duplicate of the process's original stdout (fd 1), so a script or W&B that swaps
@@ -181,7 +183,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-    raise SystemExit(128 + signum)
+    code = 128 + signum
+    with contextlib.suppress(Exception):
+        if _protocol().stop_reason(os.environ.get("ORCHESTRATE_RUN_DIR")).get("reason") == "pruned":
+            code = 0  # W&B's exit hook finishes the run (exit code 0), as W&B's own sweeps stop runs
+            run = getattr(sys.modules.get("wandb"), "run", None)
+            if run is not None:
+                run.summary["pruned"] = True
+                run.tags = (*(run.tags or ()), "pruned")
+    raise SystemExit(code)
 
 
 def _install_sigterm() -> None:

@@ -121,6 +121,7 @@ def test_metric_names_and_goals() -> None:
         "val/f1",
         "val/one_off",
         "train/loss",
+        "train/acc",
         "lr",
     ]
     assert metric_names(resolve({"task": "age"}))[:2] == ["val/loss", "val/mae"]
@@ -133,6 +134,8 @@ def test_metric_names_and_goals() -> None:
         "val/acc",
         "val/mae",
         "train/loss",
+        "train/gender_acc",
+        "train/acc",
         "lr",
     ]
     assert default_goal("val/mae") == "minimize" and default_goal("val/loss") == "minimize"

@@ -44,6 +44,14 @@ def test_grid_sweep_completes_prunes_and_ranks(tmp_path: Path) -> None:
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     qualities = sorted(t.params["quality"] for t in trials)
     assert qualities == sorted([1.0, 0.9, 0.2, 0.1, 0.15, 0.98])  # each grid point exactly once
+    # the closing summary names the best trial, its swept parameters and value, and the next command
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    (line,) = [ln for ln in proc.stdout.splitlines() if "[curve-grid] best:" in ln]
+    assert line.endswith(
+        f"[curve-grid] best: trial {best.number}, score={best.value:.4g} (quality=1) "
+        "→ orchestrate leaderboard --sweep curve-grid"
+    ), line
+    assert "next: `orchestrate report --out report/`" in proc.stdout
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, "the median pruner should stop at least one low-quality trial"
     assert all(t.params["quality"] <= 0.2 for t in pruned)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -38,6 +39,11 @@ def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
     run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
     trials = load_trials(tmp_path, "tiny-gender")
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    study = optuna.load_study(
+        study_name="tiny-gender", storage=f"sqlite:///{tmp_path / 'runs/orchestrate.db'}"
+    )
+    sweep_id = study.user_attrs["orchestrate.wandb_sweep_id"]
+    assert study.metric_names == ["val/acc"]  # optuna-dashboard labels the objective
     for t in trials:
         run_dir = Path(t.user_attrs["orchestrate.run_dir"])
         (wandb_run,) = sorted((run_dir / "wandb").glob("offline-run-*"))
@@ -47,9 +53,17 @@ def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
         assert run["run"]["run_group"] == "tiny-gender"
         assert run["run"]["display_name"] == f"tiny-gender-{t.number}"
         assert run["run"]["project"] == "e2e"
+        # the sweep's id (kept in the study) and the job type, as W&B groups and filters runs after a sync
+        assert run["run"]["sweep_id"] == sweep_id
+        assert len(run["run"]["sweep_id"]) == 8 and run["run"]["job_type"] == "train"
+        assert run["exit_code"] == 0
         assert run["config"]["lr"] == t.params["lr"]
         epochs = [row for row in run["history"] if "val/acc" in row]
         assert len(epochs) == len(t.intermediate_values) == 2  # one history row per reported epoch
+        # training accuracy per epoch: a fraction of the 2-class training labels seen (batches of 64)
+        assert all(0 <= row["train/acc"] <= 1 for row in epochs)
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [m["train/acc"] for m in metrics] == [row["train/acc"] for row in epochs]
         assert [row["val/acc"] for row in epochs] == [
             t.intermediate_values[s] for s in sorted(t.intermediate_values)
         ]
@@ -64,6 +78,9 @@ def test_experiment_sweep_logs_one_wandb_run_per_trial(tmp_path: Path) -> None:
         assert sum(map(sum, confusion["matrix"])) > 0
         correct = sum(confusion["matrix"][i][i] for i in range(2)) / sum(map(sum, confusion["matrix"]))
         assert correct == pytest.approx(run["summary"]["test/acc"])
+        # the test metrics are user attributes of their own: sortable in optuna-dashboard
+        assert t.user_attrs["test/acc"] == pytest.approx(correct)
+        assert t.user_attrs["test/loss"] == pytest.approx(run["summary"]["test/loss"])
 
 
 def test_pruned_experiment_trial_keeps_its_wandb_run(tmp_path: Path) -> None:
@@ -83,11 +100,15 @@ def test_pruned_experiment_trial_keeps_its_wandb_run(tmp_path: Path) -> None:
     run = read_offline_run(wandb_run)
     epochs = [row for row in run["history"] if "val/acc" in row]
     assert 1 <= len(epochs) < 6  # the run was closed properly by the SIGTERM handler, with its history
-    assert run["summary"]["stopped_by"] == "SIGTERM"
+    # a pruned run is a finished run (as W&B's own sweeps stop runs), tagged and marked pruned: not a crash
+    assert run["exit_code"] == 0
+    assert "pruned" in run["run"]["tags"] and run["summary"]["pruned"] is True
+    assert run["summary"]["pruned_at_epoch"] == len(epochs)
+    assert "stopped_by" not in run["summary"]
 
 
 TWO_STAGE_CV = """
-defaults: {slots: "cpu:2", wandb: disabled, retries: 0}
+defaults: {slots: "cpu:2", wandb: offline, retries: 0}
 sweeps:
   - name: pretrain
     experiment: train
@@ -143,3 +164,10 @@ def test_celeba_pretrain_then_adience_5_fold_finetune(tmp_path: Path) -> None:
         assert config["pretrained"] == checkpoint and config["freeze"] == "backbone"
         summary = json.loads((run_dir / f"fold{f}" / "metrics.jsonl").read_text().splitlines()[-1])
         assert summary["val/acc"] == pytest.approx(folds[str(f)])
+        # its W&B run: a fine-tune's fold, the fold index in its config and tags, in the sweep's group
+        (wandb_run,) = (run_dir / f"fold{f}" / "wandb").glob("offline-run-*")
+        run = read_offline_run(wandb_run)
+        assert run["run"]["job_type"] == "finetune" and run["config"]["fold"] == f
+        assert f"fold:{f}" in run["run"]["tags"] and run["run"]["display_name"] == f"finetune-0-fold{f}"
+    (wandb_run,) = (Path(parent.user_attrs["orchestrate.run_dir"]) / "wandb").glob("offline-run-*")
+    assert read_offline_run(wandb_run)["run"]["job_type"] == "pretrain"

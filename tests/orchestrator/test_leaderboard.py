@@ -301,3 +301,40 @@ def test_leaderboard_status_report_import_neither_torch_nor_wandb(board_db: str,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_default_table_fits_a_terminal_and_wide_shows_the_rest(board_db: str, tmp_path: Path) -> None:
+    for extra in ([], ["--per-trial"], ["--group-by", "model.backbone"]):
+        proc = run_cli(tmp_path, "leaderboard", "--storage", board_db, *extra, check=True)
+        lines = proc.stdout.splitlines()
+        assert max(map(len, lines)) <= 120, (extra, max(map(len, lines)))
+        head = lines[1].split()
+        assert head[:1] == (["model.backbone"] if extra[:1] == ["--group-by"] else ["rank"])
+        assert "value" in head and "lr" in head and "gpu_hours" not in head and "wandb" not in head
+        metrics = [h for h in head if "/" in h]
+        assert 2 <= len(metrics) <= 3 and metrics[0] == "test/acc"
+    # the best configuration's value, as mean ± std over its 3 seeds (resnet18, lr 1e-3: 0.88 + 0.01·3·(s-1))
+    proc = run_cli(tmp_path, "leaderboard", "--storage", board_db, check=True)
+    row = proc.stdout.splitlines()[2]
+    expected = [0.88 + 0.03 * (s - 1) for s in range(3)]
+    values = [v * (1 - 0.5**5) for v in expected]  # the objective: the best epoch's value
+    assert f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.4g}" in row
+    wide = run_cli(tmp_path, "leaderboard", "--storage", board_db, "--wide", check=True).stdout
+    assert {"gpu_hours", "best_epoch", "host", "wandb"} <= set(wide.splitlines()[1].split())
+
+
+def test_unknown_where_state_and_sort_exit_2_with_a_suggestion(board_db: str, tmp_path: Path) -> None:
+    cases = [
+        (["--where", "backbone==resnet18"], "did you mean 'model.backbone'?"),
+        (["--where", "val/acuracy>0.5"], "did you mean 'val/acc'?"),
+        (["--state", "complet"], "did you mean 'COMPLETE'?"),
+        (["--sort", "duraton_s"], "did you mean 'duration_s'?"),
+    ]
+    # the objective by its name filters on the value
+    (t,) = lb.build(board_db, per_trial=True, where=["val/acc>0.8"])
+    assert t["rows"] and all(r["value"] > 0.8 for r in t["rows"])
+    assert len(t["rows"]) == len(lb.build(board_db, per_trial=True, where=["value>0.8"])[0]["rows"])
+    for args, hint in cases:
+        proc = run_cli(tmp_path, "leaderboard", "--storage", board_db, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert hint in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)

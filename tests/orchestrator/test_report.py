@@ -168,3 +168,58 @@ def test_fold_confusion_matrices_are_summed_over_folds(tmp_path: Path) -> None:
         )
     (got,) = _fold_confusions(tmp_path).values()
     assert got == {"classes": ["male", "female"], "matrix": [[5.0, 3.0], [1.0, 9.0]]}
+
+
+def _ticks(svg: str) -> list[str]:
+    """The x-axis tick labels of a chart (text centred under the plot)."""
+    return re.findall(r'<text x="[0-9.]+" y="[0-9.]+" text-anchor="middle">([^<]*)</text>', svg)
+
+
+def test_loss_curves_with_fold_bands_integer_ticks_and_bars_from_zero(tmp_path: Path) -> None:
+    import optuna
+
+    from orchestrator import storage as st
+
+    url = f"sqlite:///{tmp_path / 'folds.db'}"
+    study = optuna.create_study(study_name="cv", storage=url, direction="maximize")
+    run_dir = tmp_path / "runs" / "cv" / "00000"
+    # two folds, 3 epochs: train loss 1.0/0.6/0.4 and 0.8/0.4/0.2 → mean 0.9/0.5/0.3, band 0.8–1.0 …
+    for fold, train in ((0, [1.0, 0.6, 0.4]), (1, [0.8, 0.4, 0.2])):
+        (run_dir / f"fold{fold}").mkdir(parents=True)
+        lines = [
+            json.dumps({"step": e + 1, "train/loss": v, "val/loss": v + 0.1}) for e, v in enumerate(train)
+        ]
+        (run_dir / f"fold{fold}" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    t = study.ask()
+    t.set_user_attr(st.ATTR_RUN_DIR, str(run_dir))
+    for e, v in enumerate([0.5, 0.6, 0.7]):
+        t.report(v, e + 1)
+    study.tell(t, 0.7)
+    (sd,) = lb.load(url, curves=True)
+    jobs = report._epoch_metrics(run_dir, ("train/loss", "val/loss"))
+    assert [j["train/loss"] for j in jobs] == [{1: 1.0, 2: 0.6, 3: 0.4}, {1: 0.8, 2: 0.4, 3: 0.2}]
+    svg, folds = report.loss_curves_svg(sd, [0])
+    assert svg is not None and folds == 2
+    assert svg.count("<polygon") == 2  # a min–max band for train and for val
+    assert "trial 0 train" in svg and "trial 0 val" in svg
+    assert _ticks(svg)[: len(_ticks(svg)) - 1] == ["1", "2", "3"]  # whole epochs (then the axis label)
+    curves = report.curves_svg(sd, [0], "val/acc")
+    assert curves is not None and "1.5" not in _ticks(curves) and "2" in _ticks(curves)
+    # bars of values ≥ 0 start at 0: the lowest y tick is 0, however close the values are
+    bars = report.bars_svg("acc", ["a", "b"], [0.81, 0.83], [0.01, None], "acc", "caption")
+    y_ticks = re.findall(r'<text x="[0-9.]+" y="[0-9.]+" text-anchor="end">([^<]*)</text>', bars)
+    assert y_ticks[0] == "0"
+
+
+def test_importances_on_few_trials_carry_a_caution(tmp_path: Path) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'few.db'}"
+    study = optuna.create_study(study_name="few", storage=url)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1) / 10, n_trials=6)
+    out = tmp_path / "out"
+    page = report.write_report(url, out).read_text()
+    assert "Caution: only 6 complete trials (fewer than 10)" in page
+    assert "Caution: only 6 complete trials" in (out / "report.md").read_text()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1) / 10, n_trials=4)
+    assert "Caution" not in report.write_report(url, tmp_path / "out2").read_text()  # 10: no caution

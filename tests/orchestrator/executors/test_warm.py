@@ -21,6 +21,7 @@ from orchestrator.executors.warm import WarmExecutor
 from orchestrator.rundir import RunDir
 from orchestrator.slots import Slot
 from tests.orchestrator.executors.test_local import _alive
+from tests.wandb_files import read_offline_run
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="fork servers and PDEATHSIG: Linux"
@@ -245,3 +246,71 @@ def _wait_until(cond: Any) -> None:
         if cond():
             return
         time.sleep(0.05)
+
+
+# a trial that logs a confusion matrix (a W&B table: staged in wandb's media temp dir) to an offline run
+MEDIA_TRIAL = """
+import os, sys, tempfile
+from pathlib import Path
+from experiments.wandb_log import Logger
+n = int(os.environ["TRIAL_N"])
+logger = Logger.start({"n": n}, Path(os.environ["ORCHESTRATE_RUN_DIR"]), "val/acc", "maximize")
+logger.log(1, {"val/acc": 0.5})
+# trial n: n correct "b", one "a" taken for "b"
+logger.confusion("test/gender_confusion", [0] + [1] * n, [1] + [1] * n, ["a", "b"], "gender (test)")
+logger.wait()
+with open(os.environ["PROBE_LOG"] + ".tmp", "a") as fh:
+    fh.write(tempfile.gettempdir() + "\\n")
+logger.finish({"done": n})
+"""
+
+
+def test_every_trial_of_a_warm_worker_keeps_its_wandb_media(tmp_path: Path, code: Path) -> None:
+    """wandb's media staging dir is made when wandb is imported (in the zygote): each trial gets its own, so the
+    first trial to exit does not delete the later trials' (their tables were lost: ``No such file … wandb-media``)."""
+    (code / "mediatrial.py").write_text(MEDIA_TRIAL)
+    events: queue.Queue[tuple[str, Job, Any]] = queue.Queue()
+    ex = WarmExecutor(events, preload=("warmprobe", "wandb", "experiments.wandb_log"))
+    (slot,) = _slots(1)
+    trial_tmp, zygote_tmp = tmp_path / "trialtmp", tmp_path / "zygotetmp"
+    trial_tmp.mkdir()
+    zygote_tmp.mkdir()
+    argv = [sys.executable, "-u", "-m", "mediatrial"]
+    ex.warm_up(argv, _env(code, tmp_path, slot, TMPDIR=str(zygote_tmp)), tmp_path)
+    try:
+        workers = set()
+        for n in (1, 2, 3):
+            job = Job(
+                key=f"t#{n}",
+                slot=slot,
+                run_dir=RunDir(tmp_path / "runs" / str(n)),
+                argv=argv,
+            )
+            env = _env(code, tmp_path, slot, ORCHESTRATE_RUN_DIR=str(job.run_dir.path), TRIAL_N=str(n))
+            env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "TMPDIR": str(trial_tmp)})
+            env.pop("WANDB_DIR", None)
+            ex.submit(job, env, tmp_path)
+            while True:
+                kind, _, payload = events.get(timeout=180)
+                if kind == "exit":
+                    assert payload == 0, job.run_dir.stderr_log.read_text()
+                    break
+            workers.add(ex.workers[slot.id].proc)
+        assert len(workers) == 1 and len(_imports(tmp_path)) == 1  # one worker forked all three
+        third = tmp_path / "runs" / "3"
+        assert "wandb call failed" not in (third / "stderr.log").read_text()
+        (run,) = (third / "wandb").glob("offline-run-*")
+        (table,) = (run / "files" / "media" / "table" / "test").glob("gender_confusion_table_*.table.json")
+        data = json.loads(table.read_text())
+        counts = {(r[0], r[1]): r[2] for r in data["data"]}
+        assert counts[("a", "b")] == 1 and counts[("b", "b")] == 3 and counts[("a", "a")] == 0
+        history = read_offline_run(run)["history"]
+        key = "test/gender_confusion_table.path"  # the history row names the table file
+        assert [row[key] for row in history if key in row] == [str(table.relative_to(run / "files"))]
+        # the trial's own TMPDIR (set after the fork) is the temp dir it uses, not the zygote's cached one
+        assert (tmp_path / "imports.log.tmp").read_text().split() == [str(trial_tmp)] * 3
+        # each trial removed its own staging dir; the zygote's (made at its import of wandb) is still there
+        assert not list(trial_tmp.glob("*wandb-media"))
+        assert len(list(zygote_tmp.glob("*wandb-media"))) == 1
+    finally:
+        ex.close()

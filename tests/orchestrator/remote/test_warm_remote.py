@@ -5,6 +5,7 @@ once and forks the trials; a launcher that dies takes its trial with it; stops, 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import shutil
@@ -217,9 +218,17 @@ def test_a_stopped_trial_exits_minus_15_and_the_daemon_goes_on(box: Box) -> None
     assert info["remote_warm"] is True
     box.ex.stop(job, grace=30)
     assert box.run(job)["rc"] == -signal.SIGTERM
+    assert not (Path(info["remote_run_dir"]) / "stop.json").exists()  # an interruption: no reason given
     nxt = box.run(box.submit(3))
     assert nxt["rc"] == 0 and nxt["remote_warm"] is True and nxt["preloaded"] is True
     assert len(box.imports()) == 1
+    # a pruned trial learns why on the box, before its SIGTERM (its W&B run then finishes, tagged pruned)
+    job = box.submit(4, sleep=300)
+    info = box.run(job, until="info")
+    job.stopping = "pruned"
+    box.ex.stop(job, grace=30)
+    assert box.run(job)["rc"] == -signal.SIGTERM
+    assert json.loads((Path(info["remote_run_dir"]) / "stop.json").read_text()) == {"reason": "pruned"}
 
 
 def test_an_idle_daemon_leaves_and_the_next_trial_starts_another(tmp_path: Path, ssh_boxes) -> None:

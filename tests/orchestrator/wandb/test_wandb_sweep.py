@@ -28,13 +28,19 @@ def _inspect(run_dir: Path) -> dict:
     ).stdout
     run: dict = {}
     history: list[dict] = []
+    summary: dict = {}
+    exit_code = None
     for line in out.splitlines():
         rec = json.loads(line)
         if rec["type"] == "run":
             run = rec["run"]
         elif rec["type"] == "history":
             history.append(rec["history"]["item"])
-    return {"run": run, "history": history}
+        elif rec["type"] == "summary":
+            summary.update(rec["summary"].get("update", {}))
+        elif rec["type"] == "exit":
+            exit_code = rec["exit"].get("exit_code", 0)
+    return {"run": run, "history": history, "summary": summary, "exit_code": exit_code}
 
 
 def test_unmodified_wandb_script_is_pruned_at_wandb_brackets(tmp_path: Path) -> None:
@@ -94,6 +100,10 @@ def test_unmodified_wandb_script_is_pruned_at_wandb_brackets(tmp_path: Path) -> 
         accs = [h["val_acc"] for h in wb["history"] if "val_acc" in h]
         # the pruned children were really stopped right after the bracket (SIGTERM, run kept by the bridge)
         assert len(accs) == (8 if q == 1.0 else expected[q][1]), (q, accs)
+        # pruned: a finished run (exit code 0) with the tag and summary field "pruned", not a crash (143)
+        assert wb["exit_code"] == 0, (q, wb["exit_code"])
+        assert ("pruned" in run["tags"]) == (q != 1.0) and wb["summary"].get("pruned", False) == (q != 1.0)
+        assert run["job_type"] == "train"
     sweep_ids = {
         _inspect(Path(t.user_attrs["orchestrate.run_dir"]))["run"]["sweep_id"] for t in trials.values()
     }

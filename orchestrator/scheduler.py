@@ -182,7 +182,8 @@ class _Running:
     run_dir: RunDir
     parts: list[_Part]
     started: float = field(default_factory=time.time)
-    stopping: str | None = None  # pruned | interrupted | nonfinite | failed
+    stopping: str | None = None  # pruned | interrupted | nonfinite | failed | protocol | timeout
+    why: str | None = None  # the failure reason when stopping is "protocol" (the bad line) or "timeout"
     reported: set[int] = field(default_factory=set)
     best_value: float | None = None
     best_step: int | None = None
@@ -1217,6 +1218,9 @@ class Controller:
             return
         rt, part = found
         kind = event.get("event")
+        if kind == protocol.INVALID:
+            self._bad_output(rt, part, event)
+            return
         if kind == protocol.EVENT_INFO and "remote_pid" in event:  # a remote launcher started the job
             where = {
                 "host": job.slot.host,
@@ -1279,6 +1283,15 @@ class Controller:
         part.values[step] = value
         part.last_value = value
         self._report(rt, step)
+
+    def _bad_output(self, rt: _Running, part: _Part, event: dict[str, Any]) -> None:
+        """A protocol line that is not a protocol event: that trial fails (its reason quotes the line)."""
+        if rt.stopping is not None:
+            return
+        where = "" if part.fold is None else f" (fold {part.fold})"
+        rt.stopping = "protocol"
+        rt.why = f"bad protocol line{where}: {event.get('error')}: {event.get('line')}"
+        self._stop_trial(rt)
 
     def _report(self, rt: _Running, step: int) -> None:
         """Report the trial's value at ``step`` (the mean over its folds once every started fold has it)."""
@@ -1422,6 +1435,9 @@ class Controller:
         elif rt.stopping == "nonfinite":
             state = TrialState.FAIL
             reason = f"{metric.name if metric else 'metric'} became non-finite (NaN/inf)"
+        elif rt.stopping in ("protocol", "timeout"):
+            state = TrialState.FAIL
+            reason = rt.why
         elif not all_ok:
             state = TrialState.FAIL
             bad = rt.failed_part or next(p for p in parts if p.state != "done")

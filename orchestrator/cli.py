@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -141,9 +142,11 @@ def launch(
             workers.value,
             lease,
         )
-    except (OrchestrateError, KeyboardInterrupt) as exc:
+    except (OrchestrateError, KeyboardInterrupt, Signalled) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise typer.Exit(130) from None
+        if isinstance(exc, Signalled):
+            raise typer.Exit(exc.code) from None
         _fail(exc)
         return
     _EXIT_NOW[0] = not dry_run
@@ -256,7 +259,7 @@ def _launch(
         display.message(
             f"interrupted: run `orchestrate launch {file}` again to resume (finished trials are kept)"
         )
-        return 130
+        return 128 + (outcome.signal or signal.SIGINT)
     display.message(f"see `orchestrate leaderboard --storage {mask_url(opts.storage)}`")
     return 0
 
@@ -537,8 +540,24 @@ def hosts_check(
 _EXIT_NOW = [False]
 
 
+class Signalled(BaseException):  # noqa: N818 - not an error: the user asked the command to stop
+    """Ctrl-C (SIGINT) or SIGTERM outside a launch's own handling: the command ends with 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Signalled(signum)
+
+
 def main() -> None:
+    """The entry point: every command's unexpected error becomes one line (exit 1; ``--debug`` shows the
+    traceback), and Ctrl-C/SIGTERM end any command with 130/143 (a launch first stops its trials)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     try:
         app()
     except SystemExit as exc:
@@ -548,6 +567,18 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    except Signalled as exc:
+        sys.stderr.write(f"stopped ({exc})\n")
+        sys.exit(exc.code)
+    except Exception as exc:
+        if _DEBUG or "--debug" in sys.argv[1:]:
+            raise
+        text = str(exc).strip().splitlines()
+        sys.stderr.write(
+            f"error: unexpected {type(exc).__name__}" + (f": {text[0][:300]}" if text else "") + "\n"
+            "  → this is a bug in orchestrate: rerun with --debug for the traceback, and report it\n"
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class Outcome:
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     interrupted: bool = False
+    signal: int = 0  # the signal that interrupted it (SIGINT, SIGTERM): the exit code is 128 + it
     wall_s: float = 0.0
     busy_s: float = 0.0  # sum of trial durations
     slots: int = 0
@@ -641,6 +642,10 @@ class SweepRunner:
             raise
 
 
+#: seconds after Ctrl-C/SIGTERM after which jobs that never reported their end are left (recorded interrupted)
+STOP_LIMIT_S = 30.0
+
+
 class _TakenOver(RunError):
     """Another controller took this one's trials over (it was silent for longer than its lease)."""
 
@@ -669,6 +674,7 @@ class Controller:
         )
         self._warm_up()  # first: the zygote's imports overlap everything the controller does before a trial
         self.stopping = False
+        self.signum = 0
         self.outcome = Outcome(slots=len(opts.slots))
         self.runners: list[SweepRunner] = []
         self.leases: Any = None  # this controller's heartbeat (orchestrator/leases.py); None: journal storage
@@ -738,12 +744,15 @@ class Controller:
                 self.display.message(note)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
-        stop_sent = False
+        stop_sent, stop_at = False, 0.0
         try:
             while True:
                 if self.stopping and not stop_sent:
                     stop_sent = True
+                    stop_at = time.monotonic()
                     self._stop_all()
+                if stop_sent and self.jobs and time.monotonic() - stop_at > STOP_LIMIT_S:
+                    self._give_up_on_jobs()
                 if self.pause.due():
                     self.pause.retry()  # the storage or runs dir failed: retry what waits (back-off)
                 if not self.stopping:
@@ -776,6 +785,7 @@ class Controller:
             getattr(self.executor, "close", lambda: None)()
         self.outcome.wall_s = time.time() - t0
         self.outcome.interrupted = self.stopping
+        self.outcome.signal = self.signum
         self.outcome.unrecorded = self.pause.waiting_results()
         if self.outcome.unrecorded:
             causes = "; ".join(f"{f.resource} {f.where}: {f.cause}" for f in self.pause.faults.values())
@@ -919,6 +929,15 @@ class Controller:
     def _on_signal(self, signum: int, frame: Any) -> None:
         # runs in the main thread between bytecodes: only set a flag, the loop does the rest
         self.stopping = True
+        self.signum = self.signum or signum
+
+    def _give_up_on_jobs(self) -> None:
+        """Stopping, and some jobs have not reported their exit long after SIGKILL: they are recorded as
+        interrupted (re-run by the next launch), so that Ctrl-C and SIGTERM always end in bounded time."""
+        for _, part in list(self.jobs.values()):
+            if part.job is not None:
+                self.display.message(f"job {part.job.key} did not report its end after SIGKILL: leaving it")
+                self._on_exit(part.job, -signal.SIGKILL)
 
     def _stop_all(self) -> None:
         self.display.message(f"stopping {len(self.jobs)} running job(s) …")

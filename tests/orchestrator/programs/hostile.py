@@ -2,7 +2,7 @@
 
 ``--line=TEXT`` prints TEXT as a line after the first report (e.g. a protocol line of the wrong shape);
 ``--orphan=PATH`` starts a background ``sleep`` that inherits its stdout (and writes the sleep's pid to PATH),
-then ends; ``--epochs``/``--sleep`` as curve.py; ``--started=PATH`` touches PATH once it runs (tests wait on it).
+then ends; ``--epochs``/``--sleep`` as curve.py; ``--started=DIR`` writes DIR/<pid>.started once it runs; ``--hold`` waits after the last report (tests wait on it).
 """
 
 import argparse
@@ -22,6 +22,7 @@ parser.add_argument("--started", default=None)
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--sleep", type=float, default=0.05)
 parser.add_argument("--quality", type=float, default=1.0)
+parser.add_argument("--hold", type=float, default=0.0)  # seconds to wait after the last report
 args = parser.parse_args()
 
 if args.started:
@@ -40,4 +41,5 @@ for epoch in range(args.epochs):
     protocol.report(epoch, {"score": args.quality * (epoch + 1) / args.epochs})
     if epoch == 0 and args.line is not None:
         print(args.line, flush=True)
+time.sleep(args.hold)
 protocol.summary({"score": args.quality})

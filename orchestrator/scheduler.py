@@ -758,6 +758,7 @@ class Controller:
                 if not self.stopping:
                     self._watch_others_unless_paused()
                     self._fill_slots()
+                    self._check_timeouts()
                 if (
                     not self.jobs
                     and not self._waiting_for_hosts()
@@ -930,6 +931,24 @@ class Controller:
         # runs in the main thread between bytecodes: only set a flag, the loop does the rest
         self.stopping = True
         self.signum = self.signum or signum
+
+    def _check_timeouts(self) -> None:
+        """A job running longer than its sweep's ``timeout:`` stops its trial, which FAILs with reason timeout."""
+        now = time.time()
+        for rt, part in list(self.jobs.values()):
+            limit = getattr(rt.sweep.spec, "timeout_s", None)
+            if (
+                limit is None
+                or rt.stopping is not None
+                or part.job is None
+                or now - part.job.started <= limit
+            ):
+                continue
+            rt.stopping = "timeout"
+            where = "" if part.fold is None else f" (fold {part.fold})"
+            rt.why = f"timeout: ran longer than {_duration(limit)}{where}"
+            self.display.message(f"[{rt.sweep.spec.name}] trial {rt.trial.number}: {rt.why}: stopping it")
+            self._stop_trial(rt)
 
     def _give_up_on_jobs(self) -> None:
         """Stopping, and some jobs have not reported their exit long after SIGKILL: they are recorded as
@@ -1568,7 +1587,11 @@ class Controller:
             pass  # the next launch re-runs it (same parameters, same attempt number)
         else:
             runner.counts["failed"] += 1
-            if rt.attempt < runner.retries + 1 and not self.stopping:
+            if (
+                rt.attempt < runner.retries + 1
+                and not self.stopping
+                and (rt.stopping != "timeout" or runner.spec.retry_on_timeout)
+            ):
                 runner.pending.appendleft((rt.params, rt.attempt + 1))
                 runner.counts["retried"] += 1
                 batch = rt.nested.get("batch_size")
@@ -1585,6 +1608,14 @@ class Controller:
             self.display.message(
                 f"[{runner.spec.name}] trial {trial.number}: its result waits for the storage, kept {where}"
             )
+
+
+def _duration(seconds: float) -> str:
+    """90 → '90s', 5400 → '1.5h' (how a timeout is said back)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _write_metrics(part: _Part) -> None:

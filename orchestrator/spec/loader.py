@@ -73,6 +73,8 @@ OUR_SWEEP_KEYS = (
     "depends_on",
     "init_from",
     "on_oom",
+    "timeout",
+    "retry_on_timeout",
 )
 SWEEP_KEYS = WANDB_SWEEP_KEYS + OUR_SWEEP_KEYS
 #: W&B keys that only mean something to W&B's cloud/launch: accepted, ignored, noticed
@@ -528,6 +530,14 @@ def _parse_sweep(
             _key(prefix, "on_oom"),
             hint="halve_batch_size retries a CUDA out-of-memory crash with half the batch_size parameter",
         )
+    timeout_s = _parse_timeout(ctx, d, prefix)
+    retry_on_timeout = d.get("retry_on_timeout", False)
+    if not isinstance(retry_on_timeout, bool):
+        ctx.fail(
+            f"must be true or false, not {_kind(retry_on_timeout)} {retry_on_timeout!r}",
+            d.line_of("retry_on_timeout"),
+            _key(prefix, "retry_on_timeout"),
+        )
     description = d.get("description")
     if description is not None and not isinstance(description, str):
         description = str(description)
@@ -560,7 +570,50 @@ def _parse_sweep(
         init_from=init_from,
         key=prefix or None,
         on_oom=on_oom or "retry",
+        timeout_s=timeout_s,
+        retry_on_timeout=retry_on_timeout,
     )
+
+
+_DURATION = re.compile(
+    r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?)?\s*"
+)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float | None:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1.5h``, ``1d`` → seconds (> 0, finite); None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        num = as_number(value) if isinstance(value, str) else None
+        if num is not None:
+            seconds = float(num)
+        else:
+            match = _DURATION.fullmatch(str(value)) if isinstance(value, str) else None
+            if match is None:
+                return None
+            seconds = float(match.group(1)) * _UNIT_S[(match.group(2) or "s")[0]]
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
+
+
+def _parse_timeout(ctx: _Ctx, d: LineDict, prefix: str) -> float | None:
+    """``timeout: 2h``: a trial running longer is stopped and FAILED with reason 'timeout'."""
+    if "timeout" not in d or d["timeout"] is None:
+        return None
+    seconds = parse_duration(d["timeout"])
+    if seconds is None:
+        ctx.fail(
+            f"must be a positive duration, not {_kind(d['timeout'])} {d['timeout']!r}",
+            d.line_of("timeout"),
+            _key(prefix, "timeout"),
+            hint="seconds (5400) or a number with a unit: 90s, 30m, 2h, 1d",
+        )
+    return seconds
 
 
 def _parse_folds(

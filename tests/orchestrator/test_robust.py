@@ -197,3 +197,51 @@ def test_unexpected_errors_are_one_line_without_traceback(tmp_path: Path) -> Non
         assert proc.returncode in (1, 2), (args, proc.stderr)
         assert "Traceback" not in proc.stderr, (args, proc.stderr)
         assert proc.stderr.strip(), args
+
+
+def test_timeout_stops_and_fails_the_trial_without_retrying_it(tmp_path: Path) -> None:
+    """timeout: 1s on a trial that never ends: it is stopped, FAILED with reason 'timeout …', not retried
+    although retries: 2 (retry_on_timeout is not set); the launch ends."""
+    started = tmp_path / "started"
+    started.mkdir()
+    spec = _spec(
+        tmp_path,
+        f"      sleep: {{value: 600}}\n      started: {{value: {started}}}\n",
+        extra="    timeout: 1s\n    retries: 2\n",
+        workers_slots="cpu:1",
+    )
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain", "--workers", "fresh", timeout=300)
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr
+    (trial,) = load_trials(tmp_path, "hostile")  # one attempt only
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["orchestrate.reason"] == "timeout: ran longer than 1s"
+    assert trial.duration is not None and trial.duration.total_seconds() >= 1.0
+    (pid,) = [int(p.read_text()) for p in started.iterdir()]
+    _wait_for(lambda: not _alive(pid), timeout=15)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("90", 90.0), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0), ("1.5h", 5400.0), ("1d", 86400.0)],
+)
+def test_timeout_values(value: str, seconds: float) -> None:
+    from orchestrator.spec.loader import parse_duration
+
+    assert parse_duration(value) == seconds
+    assert parse_duration(int(seconds)) == seconds
+
+
+def test_bad_timeout_is_exit_2_with_file_line_key(tmp_path: Path) -> None:
+    from orchestrator.errors import SpecError
+    from orchestrator.spec import load_sweeps
+
+    for bad in ("0", "-5", "soon", "2 weeks", ".nan", "true", "[1]"):
+        spec = _spec(tmp_path, "      epochs: {value: 1}\n", extra=f"    timeout: {bad}\n")
+        with pytest.raises(SpecError) as err:
+            load_sweeps(spec)
+        assert (err.value.exit_code, err.value.line, err.value.key) == (2, 10, "sweeps[0].timeout"), bad
+        assert "must be a positive duration" in err.value.message
+    proc = run_cli(tmp_path, "launch", str(spec), "--dry-run")  # and the CLI says it so, exit 2
+    assert (
+        proc.returncode == 2 and f"{spec}:10: sweeps[0].timeout: must be a positive duration" in proc.stderr
+    )

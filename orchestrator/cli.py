@@ -181,12 +181,13 @@ def _launch(
     lease: float | None = None,
 ) -> int:
     from orchestrator.spec import load_sweeps
-    from orchestrator.validate import validate_experiments
+    from orchestrator.validate import validate_experiments, validate_runnable
 
     if not file.exists():
         raise UsageError(f"{file}: no such sweep file", hint="pass the path of a sweeps.yaml (see README)")
     sweep_file = load_sweeps(file)
     specs = _select(sweep_file.sweeps, names, file)
+    validate_runnable(specs)
     validate_experiments(specs)
     for notice in getattr(sweep_file, "notices", []) or []:
         _err_console().print(f"note: {notice}", markup=False)

@@ -371,13 +371,10 @@ def leaderboard(
 
 
 def _require_storage(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        if not path.exists():
-            raise UsageError(
-                f"no storage at {path}",
-                hint="run `orchestrate launch sweeps.yaml` first, or pass --storage URL",
-            )
+    """Read-only commands never create or change a storage: it must already hold a study (else exit 2)."""
+    from orchestrator.storage import check_study_storage
+
+    check_study_storage(url)
 
 
 # ----------------------------------------------------------------------------------------------- status

@@ -245,3 +245,54 @@ def test_bad_timeout_is_exit_2_with_file_line_key(tmp_path: Path) -> None:
     assert (
         proc.returncode == 2 and f"{spec}:10: sweeps[0].timeout: must be a positive duration" in proc.stderr
     )
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_read_only_commands_never_write_into_a_foreign_or_empty_database(tmp_path: Path) -> None:
+    """leaderboard, status and report on an empty file, a SQLite database of another program and a file of
+    random bytes: exit 2 'not an orchestrate/Optuna study', the file byte for byte as it was, no file beside it
+    (no WAL, no journal); on a missing path: exit 2 and nothing created."""
+    import sqlite3
+
+    foreign = tmp_path / "foreign.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE people (name TEXT)")
+    con.execute("INSERT INTO people VALUES ('ada')")
+    con.commit()
+    con.close()
+    (tmp_path / "empty.db").write_bytes(b"")
+    (tmp_path / "noise.db").write_bytes(bytes(range(256)) * 64)
+    commands = (["leaderboard"], ["status"], ["report", "--out", str(tmp_path / "report")])
+    runs = [(name, cmd) for cmd in commands for name in ("foreign.db",)] + [("empty.db", ["leaderboard"])]
+    for name, cmd in runs:  # the real commands …
+        path = tmp_path / name
+        before, listing = _sha256(path), sorted(p.name for p in tmp_path.iterdir())
+        proc = run_cli(tmp_path, *cmd, "--storage", f"sqlite:///{path}")
+        assert proc.returncode == 2, (name, cmd, proc.stderr)
+        assert "not an orchestrate/Optuna study" in proc.stderr and "Traceback" not in proc.stderr
+        assert _sha256(path) == before, (name, cmd)
+        assert sorted(p.name for p in tmp_path.iterdir()) == listing, (name, cmd)
+    from orchestrator.errors import UsageError
+    from orchestrator.storage import check_study_storage
+
+    for name in (
+        "empty.db",
+        "foreign.db",
+        "noise.db",
+    ):  # … and the check they all share, on every kind of file
+        path = tmp_path / name
+        before = _sha256(path)
+        with pytest.raises(UsageError, match="not an orchestrate/Optuna study") as err:
+            check_study_storage(f"sqlite:///{path}")
+        assert err.value.exit_code == 2 and _sha256(path) == before
+    missing = tmp_path / "sub" / "missing.db"
+    proc = run_cli(tmp_path, "status", "--storage", f"sqlite:///{missing}")
+    assert proc.returncode == 2 and "no storage at" in proc.stderr, proc.stderr
+    with pytest.raises(UsageError, match="no storage at"):
+        check_study_storage(f"sqlite:///{missing}?timeout=5")
+    assert not missing.exists() and not missing.parent.exists()

@@ -125,6 +125,14 @@ def launch(
             "over (default: the file's defaults.lease, else 30).",
         ),
     ] = None,
+    new: Annotated[
+        bool,
+        typer.Option(
+            "--new",
+            help="A sweep whose parameters/method/metric/program changed since its study was created gets a "
+            "fresh study named <name>-2 (-3 …) instead of stopping with the list of changes.",
+        ),
+    ] = False,
 ) -> None:
     """Run the sweeps in FILE, resuming whatever the storage already holds."""
     try:
@@ -141,6 +149,7 @@ def launch(
             plain,
             workers.value,
             lease,
+            new,
         )
     except (OrchestrateError, KeyboardInterrupt, Signalled) as exc:
         if isinstance(exc, KeyboardInterrupt):
@@ -179,6 +188,7 @@ def _launch(
     plain: bool | None,
     workers: str = "warm",
     lease: float | None = None,
+    new: bool = False,
 ) -> int:
     from orchestrator.spec import load_sweeps
     from orchestrator.validate import validate_experiments, validate_runnable
@@ -216,6 +226,7 @@ def _launch(
         wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
         workers=workers,
         lease_s=lease or getattr(defaults, "lease", None) or DEFAULT_LEASE_S,
+        new=new,
     )
     _check_writable(opts.runs_dir)
     if getattr(defaults, "hosts", None):  # remote boxes: their slots too, local ones here, remote over ssh

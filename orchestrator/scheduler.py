@@ -87,6 +87,9 @@ class LaunchOptions:
     workers: str = "warm"  # warm: fork trials from a pre-imported worker per slot; fresh: a new process each
     hosts: tuple[Any, ...] = ()  # HostSpec of the remote slots (orchestrator/hosts.py)
     lease_s: float = DEFAULT_LEASE_S  # a controller silent for longer is dead to the others (leases.py)
+    new: bool = (
+        False  # a sweep changed since its study was made gets a fresh study (orchestrator/fingerprint.py)
+    )
 
 
 @dataclass
@@ -718,6 +721,10 @@ class Controller:
         )  # the display says what happens, not Optuna's log
         t0 = time.time()
         storage = st.get_storage(self.opts.storage)
+        from orchestrator.fingerprint import check as check_fingerprints
+
+        # a sweep changed since its study was made: exit 2 (or a fresh study with --new), before anything starts
+        self.specs = check_fingerprints(storage, self.specs, self.opts.new, say=self.display.message)
         try:
             self.leases = open_leases(storage, self.controller_id, self.opts.lease_s)
             if self.leases is not None:

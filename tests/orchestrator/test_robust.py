@@ -296,3 +296,39 @@ def test_read_only_commands_never_write_into_a_foreign_or_empty_database(tmp_pat
     with pytest.raises(UsageError, match="no storage at"):
         check_study_storage(f"sqlite:///{missing}?timeout=5")
     assert not missing.exists() and not missing.parent.exists()
+
+
+def _study_names(tmp_path: Path) -> list[str]:
+    import optuna
+
+    return sorted(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'runs' / 'orchestrate.db'}"))
+
+
+def test_relaunch_with_a_changed_spec_is_exit_2_listing_the_changes_and_new_starts_a_fresh_study(
+    tmp_path: Path,
+) -> None:
+    spec = _spec(tmp_path, "      quality: {values: [1.0, 0.5]}\n      epochs: {value: 1}\n")
+    run_cli(tmp_path, "launch", str(spec), "--plain", "--workers", "fresh", check=True)
+    spec.write_text(spec.read_text().replace("[1.0, 0.5]", "[1.0, 0.25]"))
+    changed = run_cli(tmp_path, "launch", str(spec), "--plain", "--workers", "fresh")
+    assert changed.returncode == 2, changed.stderr
+    assert "Traceback" not in changed.stderr
+    assert f"{spec}:6: sweep 'hostile' differs from the sweep its study was created with:" in changed.stderr
+    assert '"values": [1.0, 0.5]' in changed.stderr and '"values": [1.0, 0.25]' in changed.stderr
+    assert "--new" in changed.stderr
+    old = load_trials(tmp_path, "hostile")
+    assert sorted(t.params["quality"] for t in old) == [0.5, 1.0]  # untouched, nothing RUNNING
+    assert all(t.state == TrialState.COMPLETE for t in old)
+
+    fresh = run_cli(tmp_path, "launch", str(spec), "--plain", "--workers", "fresh", "--new", check=True)
+    assert "gets a fresh study 'hostile-2'" in fresh.stdout + fresh.stderr
+    assert _study_names(tmp_path) == ["hostile", "hostile-2"]
+    assert sorted(t.params["quality"] for t in load_trials(tmp_path, "hostile-2")) == [0.25, 1.0]
+    assert (tmp_path / "runs" / "hostile-2").is_dir()  # its own run folders: no trial number clashes
+
+    # --new again (retries changed, which is not part of the search): resumes hostile-2, runs nothing more
+    spec.write_text(spec.read_text().replace("  retries: 0\n", "  retries: 3\n"))
+    again = run_cli(tmp_path, "launch", str(spec), "--plain", "--workers", "fresh", "--new", check=True)
+    assert "resumes its study 'hostile-2'" in again.stdout + again.stderr
+    assert _study_names(tmp_path) == ["hostile", "hostile-2"]
+    assert len(load_trials(tmp_path, "hostile-2")) == 2

@@ -37,14 +37,22 @@ EVENTS = (EVENT_METRICS, EVENT_SUMMARY, EVENT_INFO, EVENT_CHECKPOINT)
 
 
 def _clean(value: Any) -> Any:
-    """Make a value JSON-safe: numpy/torch scalars to Python numbers, NaN/inf to strings."""
+    """Make a value JSON-safe and within what the controller accepts (``validate``): numpy/torch scalars to
+    Python numbers, NaN/inf to strings, integers beyond ±2⁶³ to floats, over-long texts and names cut."""
     if hasattr(value, "item") and callable(value.item):
         with contextlib.suppress(TypeError, ValueError):
             value = value.item()
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INT:
+        try:
+            value = float(value)
+        except OverflowError:
+            return "inf" if value > 0 else "-inf"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # "nan", "inf", "-inf": JSON has no literal for them
+    if isinstance(value, str) and len(value) > MAX_STR:
+        return value[:MAX_STR]
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k)[:MAX_KEY_LEN]: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value

@@ -146,3 +146,28 @@ def test_reader_over_a_real_pipe_cuts_long_lines_and_keeps_the_rest() -> None:
     parsed = [protocol.parse_line(p.decode("utf-8", "replace")) for p in pieces]
     kinds = [e["event"] for e in parsed if e is not None]
     assert kinds == [protocol.INVALID, protocol.EVENT_SUMMARY]  # the cut line once, then the good one
+
+
+@seed(14)
+@FUZZ
+@given(
+    step=hs.integers(min_value=0, max_value=protocol.MAX_STEP - 1),
+    metrics=hs.dictionaries(
+        hs.text(max_size=1200),
+        hs.none()
+        | hs.booleans()
+        | hs.integers(min_value=-(10**400), max_value=10**400)
+        | hs.floats()
+        | hs.text(max_size=12_000),
+        max_size=5,
+    ),
+)
+def test_fuzz_what_a_trial_emits_is_always_accepted(step: int, metrics: dict) -> None:
+    """The emitting side (protocol.report/summary, used by experiments and the W&B bridge) never writes a line the
+    reader refuses: huge integers, long texts and names are brought within the schema."""
+    for line in (
+        protocol.format_event("metrics", step=step, metrics=metrics),
+        protocol.format_event("summary", metrics=metrics),
+    ):
+        event = protocol.parse_line(line)
+        assert event is not None and event["event"] != protocol.INVALID, event

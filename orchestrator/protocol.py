@@ -146,7 +146,7 @@ def validate(obj: Any) -> dict[str, Any]:
     - ``summary``: ``metrics`` an object of scalars
     - ``checkpoint``: ``epoch`` an integer in [0, MAX_STEP), ``path`` (optional) a string
     - ``info``: any fields; those the controller reads are type-checked (``resumed_from_epoch``,
-      ``remote_exit``, ``remote_files``, ``remote_pid``: integers; ``remote_run_dir``, ``wandb_run``: strings)
+      ``remote_exit``, ``remote_files``, ``remote_pid``: integers; ``remote_run_dir``, ``wandb_run``: strings or null)
     """
     if not isinstance(obj, dict):
         raise ProtocolError(f"a protocol line must be a JSON object, not {type(obj).__name__}")
@@ -174,8 +174,8 @@ def validate(obj: Any) -> dict[str, Any]:
         if "remote_pid" in obj:
             _int(obj["remote_pid"], "remote_pid", low=1, high=2**31)
         for key in ("remote_run_dir", "wandb_run"):
-            if key in obj and not isinstance(obj[key], str):
-                raise ProtocolError(f"{key} must be a string")
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise ProtocolError(f"{key} must be a string or null")
     return obj
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -162,6 +163,14 @@ def launch(
             "over (default: the file's defaults.lease, else 30).",
         ),
     ] = None,
+    new: Annotated[
+        bool,
+        typer.Option(
+            "--new",
+            help="A sweep whose parameters/method/metric/program changed since its study was created gets a "
+            "fresh study named <name>-2 (-3 …) instead of stopping with the list of changes.",
+        ),
+    ] = False,
 ) -> None:
     """Run the sweeps in FILE, resuming whatever the storage already holds."""
     try:
@@ -178,10 +187,13 @@ def launch(
             plain,
             workers.value,
             lease,
+            new,
         )
-    except (OrchestrateError, KeyboardInterrupt) as exc:
+    except (OrchestrateError, KeyboardInterrupt, Signalled) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise typer.Exit(130) from None
+        if isinstance(exc, Signalled):
+            raise typer.Exit(exc.code) from None
         _fail(exc)
         return
     _EXIT_NOW[0] = not dry_run
@@ -214,14 +226,16 @@ def _launch(
     plain: bool | None,
     workers: str = "warm",
     lease: float | None = None,
+    new: bool = False,
 ) -> int:
     from orchestrator.spec import load_sweeps
-    from orchestrator.validate import validate_experiments
+    from orchestrator.validate import validate_experiments, validate_runnable
 
     if not file.exists():
         raise UsageError(f"{file}: no such sweep file", hint="pass the path of a sweeps.yaml (see README)")
     sweep_file = load_sweeps(file)
     specs = _select(sweep_file.sweeps, names, file)
+    validate_runnable(specs)
     validate_experiments(specs)
     for notice in getattr(sweep_file, "notices", []) or []:
         _err_console().print(f"note: {notice}", markup=False)
@@ -251,6 +265,7 @@ def _launch(
         wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
         workers=workers,
         lease_s=lease or getattr(defaults, "lease", None) or DEFAULT_LEASE_S,
+        new=new,
     )
     _check_writable(opts.runs_dir)
     if slots_spec == "slurm":
@@ -300,7 +315,7 @@ def _launch(
         display.message(
             f"interrupted: run `orchestrate launch {file}` again to resume (finished trials are kept)"
         )
-        return 130
+        return 128 + (outcome.signal or signal.SIGINT)
     for line in _best_lines(opts.storage, [s.name for s in specs]):
         display.message(line)
     return 0
@@ -452,13 +467,10 @@ def leaderboard(
 
 
 def _require_storage(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        if not path.exists():
-            raise UsageError(
-                f"no storage at {path}",
-                hint="run `orchestrate launch sweeps.yaml` first, or pass --storage URL",
-            )
+    """Read-only commands never create or change a storage: it must already hold a study (else exit 2)."""
+    from orchestrator.storage import check_study_storage
+
+    check_study_storage(url)
 
 
 # ----------------------------------------------------------------------------------------------- status
@@ -666,8 +678,24 @@ def slurm_check(
 _EXIT_NOW = [False]
 
 
+class Signalled(BaseException):  # noqa: N818 - not an error: the user asked the command to stop
+    """Ctrl-C (SIGINT) or SIGTERM outside a launch's own handling: the command ends with 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Signalled(signum)
+
+
 def main() -> None:
+    """The entry point: every command's unexpected error becomes one line (exit 1; ``--debug`` shows the
+    traceback), and Ctrl-C/SIGTERM end any command with 130/143 (a launch first stops its trials)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     try:
         # also under `python -m orchestrator`: help and completion name the command
         app(prog_name="orchestrate")
@@ -678,6 +706,18 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    except Signalled as exc:
+        sys.stderr.write(f"stopped ({exc})\n")
+        sys.exit(exc.code)
+    except Exception as exc:
+        if _DEBUG or "--debug" in sys.argv[1:]:
+            raise
+        text = str(exc).strip().splitlines()
+        sys.stderr.write(
+            f"error: unexpected {type(exc).__name__}" + (f": {text[0][:300]}" if text else "") + "\n"
+            "  → this is a bug in orchestrate: rerun with --debug for the traceback, and report it\n"
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

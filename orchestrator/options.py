@@ -26,6 +26,9 @@ class LaunchOptions:
     # executor "slurm": sweep name → SlurmSpec ("" the defaults')
     slurm: dict[str, Any] = field(default_factory=dict)
     lease_s: float = DEFAULT_LEASE_S  # a controller silent for longer is dead to the others (leases.py)
+    new: bool = (
+        False  # a sweep changed since its study was made gets a fresh study (orchestrator/fingerprint.py)
+    )
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Outcome:
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     interrupted: bool = False
+    signal: int = 0  # the signal that interrupted it (SIGINT, SIGTERM): the exit code is 128 + it
     wall_s: float = 0.0
     busy_s: float = 0.0  # sum of trial durations
     slots: int = 0

@@ -115,6 +115,22 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def _end_group(pgid: int, grace: float) -> None:
+    """SIGTERM to what is left of a finished trial's process group, SIGKILL after ``grace`` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+    _killpg(pgid, signal.SIGKILL)
+
+
 def _watch_stdin(proc: subprocess.Popen[bytes] | WarmTrial, grace: float, run_dir: Path) -> None:
     """Commands from the controller; end of file means it (or the connection) is gone: stop the trial.
 
@@ -185,6 +201,9 @@ def launch() -> int:
     )
     threading.Thread(target=_watch_stdin, args=(proc, grace, run_dir), daemon=True).start()
     rc = proc.wait()
+    _end_group(
+        proc.pid, min(grace, 5.0)
+    )  # what the trial left behind (holding this session's stdout) ends too
     with contextlib.suppress(OSError):
         (run_dir / PID_FILE).unlink()
     sent = set(job.get("files") or {}) | {PID_FILE}

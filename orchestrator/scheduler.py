@@ -52,6 +52,9 @@ from orchestrator.wandb_env import child_env, new_run_id
 
 __all__ = ["Controller", "LaunchOptions", "Outcome", "SweepRunner", "point_key"]
 
+#: seconds after Ctrl-C/SIGTERM after which jobs that never reported their end are left (recorded interrupted)
+STOP_LIMIT_S = 30.0
+
 _OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
 
 
@@ -100,7 +103,8 @@ class _Running:
     run_dir: RunDir
     parts: list[_Part]
     started: float = field(default_factory=time.time)
-    stopping: str | None = None  # pruned | interrupted | nonfinite | failed
+    stopping: str | None = None  # pruned | interrupted | nonfinite | failed | protocol | timeout
+    why: str | None = None  # the failure reason when stopping is "protocol" (the bad line) or "timeout"
     reported: set[int] = field(default_factory=set)
     best_value: float | None = None
     best_step: int | None = None
@@ -146,6 +150,7 @@ class Controller(Coordination):
         )
         self._warm_up()  # first: the zygote's imports overlap everything the controller does before a trial
         self.stopping = False
+        self.signum = 0
         self.outcome = Outcome(slots=len(opts.slots))
         self.runners: list[SweepRunner] = []
         self.leases: Any = None  # this controller's heartbeat (orchestrator/leases.py); None: journal storage
@@ -189,6 +194,10 @@ class Controller(Coordination):
         )  # the display says what happens, not Optuna's log
         t0 = time.time()
         storage = st.get_storage(self.opts.storage)
+        from orchestrator.fingerprint import check as check_fingerprints
+
+        # a sweep changed since its study was made: exit 2 (or a fresh study with --new), before anything starts
+        self.specs = check_fingerprints(storage, self.specs, self.opts.new, say=self.display.message)
         try:
             self.leases = open_leases(storage, self.controller_id, self.opts.lease_s)
             if self.leases is not None:
@@ -215,17 +224,21 @@ class Controller(Coordination):
                 self.display.message(note)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
-        stop_sent = False
+        stop_sent, stop_at = False, 0.0
         try:
             while True:
                 if self.stopping and not stop_sent:
                     stop_sent = True
+                    stop_at = time.monotonic()
                     self._stop_all()
+                if stop_sent and self.jobs and time.monotonic() - stop_at > STOP_LIMIT_S:
+                    self._give_up_on_jobs()
                 if self.pause.due():
                     self.pause.retry()  # the storage or runs dir failed: retry what waits (back-off)
                 if not self.stopping:
                     self._watch_others_unless_paused()
                     self._fill_slots()
+                    self._check_timeouts()
                 if (
                     not self.jobs
                     and not self._waiting_for_hosts()
@@ -253,6 +266,7 @@ class Controller(Coordination):
             getattr(self.executor, "close", lambda: None)()
         self.outcome.wall_s = time.time() - t0
         self.outcome.interrupted = self.stopping
+        self.outcome.signal = self.signum
         self.outcome.unrecorded = self.pause.waiting_results()
         if self.outcome.unrecorded:
             causes = "; ".join(f"{f.resource} {f.where}: {f.cause}" for f in self.pause.faults.values())
@@ -286,6 +300,33 @@ class Controller(Coordination):
     def _on_signal(self, signum: int, frame: Any) -> None:
         # runs in the main thread between bytecodes: only set a flag, the loop does the rest
         self.stopping = True
+        self.signum = self.signum or signum
+
+    def _check_timeouts(self) -> None:
+        """A job running longer than its sweep's ``timeout:`` stops its trial, which FAILs with reason timeout."""
+        now = time.time()
+        for rt, part in list(self.jobs.values()):
+            limit = getattr(rt.sweep.spec, "timeout_s", None)
+            if (
+                limit is None
+                or rt.stopping is not None
+                or part.job is None
+                or now - part.job.started <= limit
+            ):
+                continue
+            rt.stopping = "timeout"
+            where = "" if part.fold is None else f" (fold {part.fold})"
+            rt.why = f"timeout: ran longer than {_duration(limit)}{where}"
+            self.display.message(f"[{rt.sweep.spec.name}] trial {rt.trial.number}: {rt.why}: stopping it")
+            self._stop_trial(rt)
+
+    def _give_up_on_jobs(self) -> None:
+        """Stopping, and some jobs have not reported their exit long after SIGKILL: they are recorded as
+        interrupted (re-run by the next launch), so that Ctrl-C and SIGTERM always end in bounded time."""
+        for _, part in list(self.jobs.values()):
+            if part.job is not None:
+                self.display.message(f"job {part.job.key} did not report its end after SIGKILL: leaving it")
+                self._on_exit(part.job, -signal.SIGKILL)
 
     def _stop_all(self) -> None:
         self.display.message(f"stopping {len(self.jobs)} running job(s) …")
@@ -598,6 +639,9 @@ class Controller(Coordination):
             return
         rt, part = found
         kind = event.get("event")
+        if kind == protocol.INVALID:
+            self._bad_output(rt, part, event)
+            return
         if kind == protocol.EVENT_INFO and "remote_pid" in event:  # a remote launcher started the job
             where = {
                 "host": job.slot.host,
@@ -663,6 +707,15 @@ class Controller(Coordination):
         part.values[step] = value
         part.last_value = value
         self._report(rt, step)
+
+    def _bad_output(self, rt: _Running, part: _Part, event: dict[str, Any]) -> None:
+        """A protocol line that is not a protocol event: that trial fails (its reason quotes the line)."""
+        if rt.stopping is not None:
+            return
+        where = "" if part.fold is None else f" (fold {part.fold})"
+        rt.stopping = "protocol"
+        rt.why = f"bad protocol line{where}: {event.get('error')}: {event.get('line')}"
+        self._stop_trial(rt)
 
     def _report(self, rt: _Running, step: int) -> None:
         """Report the trial's value at ``step`` (the mean over its folds once every started fold has it)."""
@@ -807,6 +860,9 @@ class Controller(Coordination):
         elif rt.stopping == "nonfinite":
             state = TrialState.FAIL
             reason = f"{metric.name if metric else 'metric'} became non-finite (NaN/inf)"
+        elif rt.stopping in ("protocol", "timeout"):
+            state = TrialState.FAIL
+            reason = rt.why
         elif not all_ok:
             state = TrialState.FAIL
             bad = rt.failed_part or next(p for p in parts if p.state != "done")
@@ -918,7 +974,11 @@ class Controller(Coordination):
             pass  # the next launch re-runs it (same parameters, same attempt number)
         else:
             runner.counts["failed"] += 1
-            if rt.attempt < runner.retries + 1 and not self.stopping:
+            if (
+                rt.attempt < runner.retries + 1
+                and not self.stopping
+                and (rt.stopping != "timeout" or runner.spec.retry_on_timeout)
+            ):
                 runner.pending.appendleft((rt.params, rt.attempt + 1))
                 runner.counts["retried"] += 1
                 batch = rt.nested.get("batch_size")
@@ -935,3 +995,11 @@ class Controller(Coordination):
             self.display.message(
                 f"[{runner.spec.name}] trial {trial.number}: its result waits for the storage, kept {where}"
             )
+
+
+def _duration(seconds: float) -> str:
+    """90 → '90s', 5400 → '1.5h' (how a timeout is said back)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

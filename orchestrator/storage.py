@@ -160,6 +160,76 @@ def get_storage(url: str | None = None) -> Any:
     )
 
 
+NOT_A_STUDY = "not an orchestrate/Optuna study"
+_OPTUNA_TABLES = {"studies", "trials", "version_info"}
+
+
+def check_study_storage(url: str) -> None:
+    """For read-only commands (leaderboard, status, report): raise UsageError (exit 2) unless ``url`` already
+    holds Optuna's tables. Never creates, migrates or writes anything: a missing SQLite file is not created, an
+    empty or foreign SQLite file is opened read-only and left byte for byte as it was (Optuna itself would
+    create its 14 tables in it and switch it to WAL mode)."""
+    hint = "pass the --storage of a launch (default sqlite:///runs/orchestrate.db)"
+    if url.startswith("journal://"):
+        path = Path(url[len("journal://") :]).expanduser()
+        if not path.is_file():
+            raise UsageError(f"no storage at {path}", hint=hint)
+        return
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        try:
+            from sqlalchemy.engine import make_url
+
+            database = make_url(url).database
+        except Exception as exc:
+            raise UsageError(f"storage URL {mask_url(url)!r} cannot be read: {exc}", hint=hint) from None
+        if not database or database == ":memory:":
+            raise UsageError(f"storage {mask_url(url)} names no database file", hint=hint)
+        path = Path(database).expanduser()
+        if not path.exists():
+            raise UsageError(
+                f"no storage at {path}",
+                hint="run `orchestrate launch sweeps.yaml` first, or pass --storage URL",
+            )
+        if not path.is_file():
+            raise UsageError(f"storage {path} is not a file: {NOT_A_STUDY}", hint=hint)
+        try:
+            con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                tables = {
+                    row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise UsageError(f"{path}: {NOT_A_STUDY} ({exc})", hint=hint) from None
+        if not tables >= _OPTUNA_TABLES:
+            what = "an empty file" if path.stat().st_size == 0 else "no Optuna tables in it"
+            raise UsageError(f"{path}: {NOT_A_STUDY} ({what})", hint=hint)
+        return
+    if url.startswith(("postgresql", "mysql")):
+        try:
+            from sqlalchemy import create_engine, inspect
+
+            engine_url = (
+                "postgresql+psycopg2://" + url[len("postgresql://") :]
+                if url.startswith("postgresql://")
+                else url
+            )
+            engine = create_engine(
+                engine_url, connect_args={"connect_timeout": 10} if "postgres" in url else {}
+            )
+            try:
+                tables = set(inspect(engine).get_table_names())
+            finally:
+                engine.dispose()
+        except Exception:
+            return  # unreachable or not configured: opening it reports that, with the URL masked
+        if not tables >= _OPTUNA_TABLES:
+            raise UsageError(f"storage {mask_url(url)}: {NOT_A_STUDY} (no Optuna tables in it)", hint=hint)
+
+
 def _start_ticks(pid: int) -> str:
     """The process start time (clock ticks since boot) from /proc, so a recycled PID is not mistaken."""
     try:

@@ -9,8 +9,10 @@ with the file, line and key — before any trial runs — and the experiment's r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import RunError, SpecError
@@ -62,6 +64,35 @@ def candidate_points(space: Any, method: str, n: int = 20) -> list[dict[str, Any
         points.append(space.sample(trial, grid=False))
         study.tell(trial, 0.0)
     return points
+
+
+def validate_runnable(specs: list[Any], cwd: Path | None = None) -> None:
+    """What a launch would only find out when its first trial starts: a ``program:`` file that is not there
+    (relative to ``cwd``, where trials start), or a ``${envvar:NAME}`` of the command with NAME unset."""
+    from orchestrator.spec.loader import ENVVAR
+
+    root = cwd or Path.cwd()
+    for spec in specs:
+        where = _where(spec)
+        program = getattr(spec, "program", None)
+        if program and not (Path(program) if Path(program).is_absolute() else root / program).is_file():
+            raise SpecError(
+                f"program {program!r} does not exist (looked for {root / program})",
+                file=spec.file,
+                line=spec.line,
+                key=".".join(filter(None, [where, "program"])),
+                hint="trials start in the current directory: run from the project's folder, or give the path",
+            )
+        for i, word in enumerate(getattr(spec, "command", None) or []):
+            for name in ENVVAR.findall(str(word)):
+                if name not in os.environ:
+                    raise SpecError(
+                        f"the command uses ${{envvar:{name}}} but the environment variable {name} is not set",
+                        file=spec.file,
+                        line=spec.line,
+                        key=".".join(filter(None, [where, f"command[{i}]"])),
+                        hint=f"export {name}=… before launching",
+                    )
 
 
 def validate_experiments(specs: list[Any]) -> None:

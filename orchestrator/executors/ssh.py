@@ -277,7 +277,7 @@ class SSHExecutor(Executor):
         remote_exit: int | None = None
         files = -1
         with open(job.run_dir.stdout_log, "ab") as log:
-            for raw in iter(proc.stdout.readline, b""):
+            for raw in protocol.iter_lines(proc.stdout.readline):
                 event = protocol.parse_line(raw.decode("utf-8", "replace"))
                 if event is not None and event.get("event") == protocol.EVENT_INFO and "remote_exit" in event:
                     with contextlib.suppress(TypeError, ValueError):

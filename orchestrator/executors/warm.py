@@ -64,7 +64,13 @@ from typing import IO, Any
 
 from orchestrator import protocol, remote
 from orchestrator.executors._base import Executor, Job
-from orchestrator.executors.local import LocalExecutor, _die_with_parent, _dies_with_parent, _signal_group
+from orchestrator.executors.local import (
+    ORPHAN_GRACE,
+    LocalExecutor,
+    _die_with_parent,
+    _dies_with_parent,
+    _signal_group,
+)
 from orchestrator.remote import ZYGOTE_ENV, note_temp_dirs, run_as_main
 
 CONTROL = "@orchestrate-worker "
@@ -644,38 +650,56 @@ class WarmExecutor(Executor):
 
     def _pump(self, worker: _Worker) -> None:
         assert worker.proc.stdout is not None
-        for raw in iter(worker.proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace")
-            if line.startswith(CONTROL):
-                try:
-                    msg = json.loads(line[len(CONTROL) :])
-                except json.JSONDecodeError:
+        try:
+            for raw in protocol.iter_lines(worker.proc.stdout.readline):
+                line = raw.decode("utf-8", "replace")
+                if line.startswith(CONTROL) and self._control(worker, line):
                     continue
-                if msg.get("event") == "started":
-                    with worker.lock:
-                        worker.child_pid = int(msg["pid"])
-                        if worker.job is not None:
-                            worker.job.pid = worker.child_pid
-                            if worker.job.stopping is not None:  # stop was asked before the fork
-                                _signal_group(worker.child_pid, signal.SIGTERM)
-                elif msg.get("event") == "exit":
-                    self._end(worker, int(msg["rc"]))
-                continue
-            with worker.lock:
-                job, log = worker.job, worker.log
-            if log is not None:  # a full disk loses log lines, never the events
-                with contextlib.suppress(OSError):
-                    log.write(raw)
-            event = protocol.parse_line(line)
-            if event is not None and job is not None:
-                if log is not None:
+                with worker.lock:
+                    job, log = worker.job, worker.log
+                if log is not None:  # a full disk loses log lines, never the events
                     with contextlib.suppress(OSError):
-                        log.flush()
-                self.events.put(("event", job, event))
-        worker.proc.stdout.close()
-        worker.proc.wait()
-        if worker.job is not None:  # the worker died under a trial
-            self._end(worker, -signal.SIGKILL)
+                        log.write(raw)
+                event = protocol.parse_line(line)
+                if event is not None and job is not None:
+                    if log is not None:
+                        with contextlib.suppress(OSError):
+                            log.flush()
+                    self.events.put(("event", job, event))
+        except Exception as exc:  # the trial's end is reported whatever happens (the controller waits for it)
+            print(f"orchestrate: reading a warm worker's output failed: {exc!r}", file=sys.stderr)
+            _gone(worker.proc)
+        finally:
+            with contextlib.suppress(OSError):
+                worker.proc.stdout.close()
+            worker.proc.wait()
+            if worker.job is not None:  # the worker died under a trial
+                self._end(worker, -signal.SIGKILL)
+
+    def _control(self, worker: _Worker, line: str) -> bool:
+        """A worker's control line (the trial's pid, its exit status); False if it is not a well-formed one
+        (then it is the trial's own output)."""
+        try:
+            msg = json.loads(line[len(CONTROL) :])
+        except (ValueError, RecursionError):
+            return False
+        if not isinstance(msg, dict):
+            return False
+        value = msg.get("pid") if msg.get("event") == "started" else msg.get("rc")
+        if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) < value < 2**31:
+            return False
+        if msg.get("event") == "started":
+            with worker.lock:
+                worker.child_pid = value
+                if worker.job is not None:
+                    worker.job.pid = worker.child_pid
+                    if worker.job.stopping is not None:  # stop was asked before the fork
+                        _signal_group(worker.child_pid, signal.SIGTERM)
+            return True
+        if msg.get("event") == "exit":
+            self._end(worker, value)
+            return True
+        return False
 
     def _end(self, worker: _Worker, rc: int) -> None:
         with worker.lock:
@@ -816,9 +840,10 @@ def _serve(requests: IO[str]) -> None:
     current: dict[str, int] = {}
 
     def _forward(signum: int, frame: Any) -> None:
-        pid = current.get("pid")
+        # the worker is stopped (its zygote, so the controller, is gone): its trial's whole group goes too
+        pid = current.get("pid") or current.get("group")
         if pid:
-            _signal_group(pid, signal.SIGTERM)
+            _end_group(pid, 2.0)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, _forward)
@@ -853,9 +878,28 @@ def _serve(requests: IO[str]) -> None:
         current["pid"] = pid
         say(event="started", pid=pid)
         _, status = os.waitpid(pid, 0)
-        current.pop("pid", None)
+        current["group"] = current.pop("pid")
         rc = os.waitstatus_to_exitcode(status)
         say(event="exit", rc=rc)
+        _end_group(pid, ORPHAN_GRACE)  # what the trial left running (its process group) ends with it
+        current.pop("group", None)
+
+
+def _end_group(pgid: int, grace: float) -> None:
+    """In a worker: SIGTERM to what is left of a finished trial's process group, SIGKILL after ``grace`` s."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

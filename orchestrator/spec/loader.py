@@ -13,6 +13,7 @@ import inspect
 import math
 import re
 import shlex
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -77,6 +78,8 @@ OUR_SWEEP_KEYS = (
     "init_from",
     "on_oom",
     "slurm",
+    "timeout",
+    "retry_on_timeout",
 )
 SWEEP_KEYS = WANDB_SWEEP_KEYS + OUR_SWEEP_KEYS
 #: W&B keys that only mean something to W&B's cloud/launch: accepted, ignored, noticed
@@ -241,8 +244,10 @@ class _Ctx:
             return None
         value = d[k]
         num = as_number(value)
-        if num is None or not math.isfinite(num):
+        if num is None:
             self.fail(f"must be a number, not {_kind(value)} {value!r}", d.line_of(k), _key(prefix, k))
+        if not math.isfinite(num):
+            self.fail(f"must be a finite number, not {num!r}", d.line_of(k), _key(prefix, k))
         return num
 
 
@@ -352,6 +357,7 @@ def load_sweeps(path: str | Path, *, experiments_dir: str | Path | None = None) 
             )
         seen[sweep.name] = sweep
         safe_seen[safe] = sweep
+    _check_cycles(ctx, sweeps)
     for i, sweep in enumerate(sweeps):
         if sweep.depends_on is not None and sweep.depends_on not in seen:
             ctx.fail(
@@ -363,6 +369,73 @@ def load_sweeps(path: str | Path, *, experiments_dir: str | Path | None = None) 
         if sweep.depends_on == sweep.name:
             ctx.fail("a sweep cannot depend on itself", sweep.line, f"sweeps[{i}].depends_on")
     return SweepFile(path=path, defaults=defaults, sweeps=sweeps, notices=ctx.notices)
+
+
+#: a sweep name becomes a study name and (through rundir.safe_name, which also replaces '/') a folder name:
+#: at most this long, no control characters. '/' is allowed: real W&B sweep names hold it
+MAX_NAME = 100
+
+
+def _check_name(ctx: _Ctx, name: str | None, line: int | None, key: str) -> None:
+    if name is None or not name.strip():
+        ctx.fail("the sweep name is empty", line, key, hint="give the sweep a short name, e.g. name: lr-grid")
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None:
+        ctx.fail(
+            f"the sweep name {name!r} holds the control character {bad!r}",
+            line,
+            key,
+            hint="sweep names become folder and study names: use letters, digits, '-', '_' and '.'",
+        )
+    if len(name) > MAX_NAME:
+        ctx.fail(
+            f"the sweep name is {len(name)} characters long (at most {MAX_NAME})",
+            line,
+            key,
+            hint="sweep names become folder and study names: shorten it",
+        )
+
+
+def _check_cycles(ctx: _Ctx, sweeps: list[SweepSpec]) -> None:
+    """``depends_on`` must not loop (a → b → a, or a → a): such sweeps would wait for each other forever."""
+    by_name = {s.name: (i, s) for i, s in enumerate(sweeps)}
+    for i, sweep in enumerate(sweeps):
+        chain = [sweep.name]
+        current = sweep
+        while current.depends_on is not None and current.depends_on in by_name:
+            nxt = current.depends_on
+            if nxt == sweep.name:
+                ctx.fail(
+                    "depends_on forms a cycle: " + " → ".join([*chain, nxt])
+                    if len(chain) > 1
+                    else "a sweep cannot depend on itself",
+                    sweep.line,
+                    f"sweeps[{i}].depends_on",
+                    hint="a sweep can only start from one that finishes first: remove one depends_on",
+                )
+            if nxt in chain:
+                break  # a cycle further up: reported for the sweeps on it
+            chain.append(nxt)
+            current = by_name[nxt][1]
+
+
+def _finite(ctx: _Ctx, value: Any, line: int | None, key: str) -> Any:
+    """A parameter value with no NaN or infinity anywhere inside (a trial could not use it, a grid could not
+    tell its points apart)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        ctx.fail(
+            f"{value!r} is not a usable value",
+            line,
+            key,
+            hint="NaN and infinity cannot be parameter values; give a number (or quote it to pass the text)",
+        )
+    if isinstance(value, dict):
+        for v in value.values():
+            _finite(ctx, v, line, key)
+    if isinstance(value, list | tuple):
+        for v in value:
+            _finite(ctx, v, line, key)
+    return value
 
 
 def _parse_defaults(ctx: _Ctx, raw: Any, line: int | None) -> Defaults:
@@ -443,10 +516,11 @@ def _parse_sweep(
         if k in WANDB_ONLY_KEYS:
             ctx.notice(f"{ctx.file}:{d.line_of(k)}: {_key(prefix, k)}: W&B-only key, ignored by orchestrate")
 
-    name = ctx.string(d, "name", prefix, optional=default_name is not None) or default_name
+    name = ctx.string(d, "name", prefix, optional=default_name is not None)
+    if name is None:
+        name = default_name
+    _check_name(ctx, name, d.line_of("name"), _key(prefix, "name"))
     assert name is not None
-    if not name.strip():
-        ctx.fail("the sweep name is empty", d.line_of("name"), _key(prefix, "name"))
 
     # method
     if "method" not in d:
@@ -538,6 +612,14 @@ def _parse_sweep(
             _key(prefix, "on_oom"),
             hint="halve_batch_size retries a CUDA out-of-memory crash with half the batch_size parameter",
         )
+    timeout_s = _parse_timeout(ctx, d, prefix)
+    retry_on_timeout = d.get("retry_on_timeout", False)
+    if not isinstance(retry_on_timeout, bool):
+        ctx.fail(
+            f"must be true or false, not {_kind(retry_on_timeout)} {retry_on_timeout!r}",
+            d.line_of("retry_on_timeout"),
+            _key(prefix, "retry_on_timeout"),
+        )
     description = d.get("description")
     if description is not None and not isinstance(description, str):
         description = str(description)
@@ -573,7 +655,50 @@ def _parse_sweep(
         slurm=(
             _parse_slurm(ctx, d, prefix, defaults.slurm) if d.get("slurm") is not None else defaults.slurm
         ),
+        timeout_s=timeout_s,
+        retry_on_timeout=retry_on_timeout,
     )
+
+
+_DURATION = re.compile(
+    r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?)?\s*"
+)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float | None:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1.5h``, ``1d`` → seconds (> 0, finite); None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        num = as_number(value) if isinstance(value, str) else None
+        if num is not None:
+            seconds = float(num)
+        else:
+            match = _DURATION.fullmatch(str(value)) if isinstance(value, str) else None
+            if match is None:
+                return None
+            seconds = float(match.group(1)) * _UNIT_S[(match.group(2) or "s")[0]]
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
+
+
+def _parse_timeout(ctx: _Ctx, d: LineDict, prefix: str) -> float | None:
+    """``timeout: 2h``: a trial running longer is stopped and FAILED with reason 'timeout'."""
+    if "timeout" not in d or d["timeout"] is None:
+        return None
+    seconds = parse_duration(d["timeout"])
+    if seconds is None:
+        ctx.fail(
+            f"must be a positive duration, not {_kind(d['timeout'])} {d['timeout']!r}",
+            d.line_of("timeout"),
+            _key(prefix, "timeout"),
+            hint="seconds (5400) or a number with a unit: 90s, 30m, 2h, 1d",
+        )
+    return seconds
 
 
 def _parse_folds(
@@ -941,7 +1066,8 @@ def _parse_param(ctx: _Ctx, body: LineDict, line: int | None, key: str, path: tu
     if dist == "constant":
         if "value" not in body:
             ctx.fail("distribution constant needs 'value'", line, _key(key, "value"))
-        return Param(path, "constant", values=(_coerce(body["value"]),), line=line)
+        value = _finite(ctx, _coerce(body["value"]), body.line_of("value"), _key(key, "value"))
+        return Param(path, "constant", values=(value,), line=line)
     if dist == "categorical":
         values = body["values"]
         if not isinstance(values, list):
@@ -958,7 +1084,15 @@ def _parse_param(ctx: _Ctx, body: LineDict, line: int | None, key: str, path: tu
                 _key(key, "values"),
                 hint="list at least one value",
             )
-        coerced = tuple(_coerce(v) for v in values)
+        coerced = tuple(
+            _finite(
+                ctx,
+                _coerce(v),
+                values.line_of(i) if isinstance(values, LineList) else line,
+                _key(key, "values"),
+            )
+            for i, v in enumerate(values)
+        )
         probs = None
         if "probabilities" in body:
             probs = _parse_probabilities(ctx, body, key, len(coerced))

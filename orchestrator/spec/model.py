@@ -165,6 +165,8 @@ class SweepSpec:
     key: str | None = field(default=None, compare=False)  # its key path in the file, e.g. "sweeps[2]"
     on_oom: str = "retry"  # a CUDA out-of-memory crash: retry as is, or with half the batch_size
     slurm: SlurmSpec | None = None  # ``slurm:`` of the sweep over ``defaults.slurm`` (used with slots: slurm)
+    timeout_s: float | None = None  # a trial running longer is stopped and FAILED (reason "timeout …")
+    retry_on_timeout: bool = False  # … and not retried unless this is set
 
     @property
     def early_terminate(self) -> PrunerSpec | None:
@@ -206,6 +208,8 @@ class SweepSpec:
         if self.folds is not None:
             out["folds"] = list(self.folds)
             out["jobs"] = None if out["trials"] is None else out["trials"] * len(self.folds)
+        if self.timeout_s is not None:
+            out["timeout_s"] = self.timeout_s
         if self.depends_on is not None:
             out["depends_on"] = self.depends_on
             out["init_from"] = "best" if self.init_from == 1 else {"top": self.init_from}

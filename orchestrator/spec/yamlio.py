@@ -147,22 +147,99 @@ class _DuplicateKey(Exception):
         self.first = first
 
 
+#: bounds on a sweeps file, checked before it is expanded (a YAML alias bomb takes bytes to write, gigabytes to load)
+MAX_FILE_BYTES = 4 << 20
+MAX_NODES = 1_000_000
+
+
+class _TooBig(Exception):
+    def __init__(self, why: str, line: int | None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.line = line
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values ``root`` becomes once every alias is expanded (shared nodes counted each time they are
+    used), computed on the composed graph without expanding it; stops at ``MAX_NODES``."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if not done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        total = 1 + sum(sizes.get(id(c), 1) for c in children)
+        if total > MAX_NODES:
+            raise _TooBig(
+                f"{node.tag.rsplit(':', 1)[-1]} of more than {MAX_NODES:,} values", node.start_mark.line + 1
+            )
+        sizes[id(node)] = total
+    return sizes[id(root)]
+
+
+def _load_all(text: str) -> list[Any]:
+    """``yaml.load_all`` with our loader, each document's expanded size checked before it is constructed."""
+    loader = _Loader(text)
+    try:
+        docs = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            _expanded_size(node)
+            doc = loader.construct_document(node)
+            if doc is not None:
+                docs.append(doc)
+        return docs
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> Any:
     """Load one YAML document from ``path`` (a leading ``---`` is fine); SpecError with the line on any problem."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)  # never more than the limit into memory
     except FileNotFoundError:
         raise SpecError("file not found", file=path, hint="check the path of the sweeps file") from None
+    except IsADirectoryError:
+        raise SpecError("is a folder, not a sweeps file", file=path) from None
     except OSError as exc:
         raise SpecError(f"cannot read the file: {exc.strerror or exc}", file=path) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError(
+            f"the file is larger than {MAX_FILE_BYTES >> 20} MiB: not a sweeps file",
+            file=path,
+            hint="a sweeps file is a few KiB of YAML; check the path",
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise SpecError("the file is not valid UTF-8 text", file=path, line=line) from None
     try:
-        docs = [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]  # noqa: S506
+        docs = _load_all(text)
+    except _TooBig as exc:
+        raise SpecError(
+            f"the YAML expands to more than {MAX_NODES:,} values ({exc.why}): refused before expanding it",
+            file=path,
+            line=exc.line,
+            hint="aliases (*name) that repeat large anchors multiply; write the values out, or use fewer",
+        ) from None
+    except RecursionError:
+        raise SpecError(
+            "the YAML is nested too deeply", file=path, hint="a sweeps file is a few levels deep"
+        ) from None
     except _DuplicateKey as exc:
         raise SpecError(
             f"duplicate key {exc.key!r} (first defined on line {exc.first})",

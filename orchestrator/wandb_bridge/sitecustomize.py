@@ -127,6 +127,8 @@ def _on_log(run: Any, data: Any, row_step: Any) -> None:
     elif isinstance(row_step, int) and not isinstance(row_step, bool):
         step = row_step
     last = _State.last_step
+    if step is not None and not 0 <= step < _protocol().MAX_STEP:
+        step = None  # a negative or absurd epoch/step is no step the controller takes: count instead
     if step is None or (last is not None and step <= last):
         step = 0 if last is None else last + 1
     _State.last_step = step

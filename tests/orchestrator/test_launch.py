@@ -253,6 +253,7 @@ def test_slots_hosts_without_hosts_says_what_to_add(tmp_path: Path) -> None:
         "defaults: {slots: hosts}\nsweeps:\n  - name: a\n    program: x.py\n    method: grid\n"
         "    parameters:\n      lr: {values: [1]}\n",
     )
+    (tmp_path / "x.py").write_text("")  # the program exists (a missing one is its own exit 2)
     proc = run_cli(tmp_path, "launch", str(path), "--plain")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "the file lists no hosts" in proc.stderr and "add defaults.hosts" in proc.stderr

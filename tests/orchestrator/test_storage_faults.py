@@ -240,7 +240,9 @@ def test_controller_killed_while_paused_relaunch_imports_results(tmp_path: Path)
     print(f"\nkilled while paused: {len(numbers)} result(s) imported from result.json, none re-run")
 
 
-def test_ctrl_c_while_paused_exits_130_and_keeps_results(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_while_paused_exits_130_and_keeps_results(tmp_path: Path, sig: int) -> None:
+    """Ctrl-C (130) or SIGTERM (143, issue 14) while the storage is paused."""
     storage = sqlite_url(tmp_path)
     spec = sweep(tmp_path, storage)
     launch = Launch(tmp_path, spec)
@@ -249,8 +251,8 @@ def test_ctrl_c_while_paused_exits_130_and_keeps_results(tmp_path: Path) -> None
         launch.wait_for(r"trial 1 step 1:")
         lock = SQLiteLock(tmp_path / "runs" / "orchestrate.db")
         numbers = _deferred(launch, 2)
-        launch.proc.send_signal(signal.SIGINT)
-        assert launch.finish() == 130, launch.text()
+        launch.proc.send_signal(sig)
+        assert launch.finish() == 128 + sig, launch.text()
     finally:
         if lock is not None:
             lock.release()

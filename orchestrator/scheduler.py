@@ -316,7 +316,7 @@ class SweepRunner:
         self.parent: SweepRunner | None = None
         self.blocked: str | None = None  # why a dependent sweep cannot start (said once)
         self._storage = storage
-        self._checkpoints: list[str] | None = None
+        self._checkpoints: list[dict[int | None, str]] | None = None
         self.leases = leases  # heartbeats: judges controllers on other hosts (None: a journal storage)
         # shared storage: no point twice
         self.claims = open_claims(storage, spec.name, st.controller_id(), leases)
@@ -523,8 +523,10 @@ class SweepRunner:
         self.parent = parent
         self._storage = storage
 
-    def _parent_checkpoints(self) -> list[str]:
-        """Best checkpoints of the parent sweep's completed trials, best first."""
+    def _parent_checkpoints(self) -> list[dict[int | None, str]]:
+        """Best checkpoints of the parent sweep's completed trials, best first: ``{None: path}`` for a trial
+        run whole, ``{fold: path}`` for a trial run per fold (``folds:``; a trial lacking a fold this sweep
+        needs is left out — its other folds' checkpoints trained on that fold's test subjects)."""
         import optuna
         from optuna.trial import TrialState
 
@@ -539,13 +541,20 @@ class SweepRunner:
             if t.value is not None and not t.user_attrs.get(st.ATTR_NO_METRIC)
         ]
         trials.sort(key=lambda t: float(t.value or 0.0), reverse=study.direction.name == "MAXIMIZE")
-        found = []
+        need = set(getattr(self.spec, "folds", None) or ())
+        found: list[dict[int | None, str]] = []
         for t in trials:
             run_dir = Path(str(t.user_attrs.get(st.ATTR_RUN_DIR, "")))
-            candidates = [run_dir / "checkpoint_best.pt", *sorted(run_dir.glob("fold*/checkpoint_best.pt"))]
-            path = next((c for c in candidates if c.is_file()), None)
-            if path is not None:
-                found.append(str(path))
+            if (run_dir / "checkpoint_best.pt").is_file():
+                found.append({None: str(run_dir / "checkpoint_best.pt")})
+                continue
+            folds: dict[int | None, str] = {
+                int(c.parent.name[4:]): str(c)
+                for c in run_dir.glob("fold*/checkpoint_best.pt")
+                if c.parent.name[4:].isdigit()
+            }
+            if folds and need <= set(folds):
+                found.append(folds)
         return found
 
     def dependency_ready(self) -> bool:
@@ -563,12 +572,23 @@ class SweepRunner:
                 )
         return self.blocked is None
 
-    def init_checkpoint(self, flat: dict[str, Any]) -> str | None:
-        """The checkpoint a fine-tune trial starts from (``init_rank`` picks among the top k)."""
+    def init_checkpoint(self, flat: dict[str, Any], fold: int | None = None) -> str | None:
+        """The checkpoint a fine-tune job starts from (``init_rank`` picks among the top k).
+
+        Leak-free folds: the job of fold k (``fold``, else the trial's ``fold`` parameter) starts from the
+        parent's fold-k checkpoint — the parent that held out the same subjects (``spec/loader._check_chain``
+        refuses chains where no such checkpoint can exist). A parent on another dataset gives its lowest fold."""
         if not getattr(self.spec, "init_from", None) or not self._checkpoints:
             return None
         rank = int(flat.get("init_rank", 1))
-        return self._checkpoints[min(rank, len(self._checkpoints)) - 1]
+        ckpts = self._checkpoints[min(rank, len(self._checkpoints)) - 1]
+        if None in ckpts:
+            return ckpts[None]
+        if fold is None:
+            fold = next((int(v) for k, v in flat.items() if k.rpartition(".")[2] == "fold"), None)
+        if fold in ckpts:
+            return ckpts[fold]
+        return ckpts[min(k for k in ckpts if k is not None)]
 
     # ----- what to run next -----
     def target_reached(self) -> bool:
@@ -982,15 +1002,18 @@ class Controller:
         trial, optuna_params, flat, attempt = nxt
         spec = runner.spec
         nested = spec.parameters.nest(flat)
+        folds = getattr(spec, "folds", None)
         init = runner.init_checkpoint(flat)
         if init is not None:
             # the built-in experiment loads a trunk from `pretrained: <checkpoint>` (heads replaced); a user
-            # program gets --init_checkpoint=<path>
+            # program gets --init_checkpoint=<path>; with folds, each job gets its fold's (_start_part) and the
+            # trial records which parent run the folds start from
             nested.pop("init_rank", None)
+            if folds and Path(init).parent.name.startswith("fold"):
+                init = str(Path(init).parent.parent / "fold{fold}" / Path(init).name)
             nested["pretrained" if spec.experiment else "init_checkpoint"] = init
         # created by _start_part, where a full or read-only disk pauses the controller
         run_dir = RunDir.for_trial(self.opts.runs_dir.resolve(), spec.name, trial.number)
-        folds = getattr(spec, "folds", None)
         parts = (
             [_Part(fold=None, run_dir=run_dir)]
             if not folds
@@ -1062,6 +1085,9 @@ class Controller:
         nested = dict(rt.nested)
         if part.fold is not None:
             nested["fold"] = part.fold
+            init = rt.sweep.init_checkpoint(rt.flat, part.fold)
+            if init is not None:  # stage 2 fold k starts from stage 1 fold k (no test subject seen)
+                nested["pretrained" if spec.experiment else "init_checkpoint"] = init
         suffix = "" if part.fold is None else f"-fold{part.fold}"
         try:
             part.run_dir.create()
@@ -1281,12 +1307,15 @@ class Controller:
         self._report(rt, step)
 
     def _report(self, rt: _Running, step: int) -> None:
-        """Report the trial's value at ``step`` (the mean over its folds once every started fold has it)."""
+        """Report the trial's value at ``step``: with folds, the mean over ALL its folds, once every fold has
+        reached the step. With fewer slots than folds a fold still waiting for a slot holds the step back, so
+        the stored curve, the pruner and the leaderboard never see a mean over a subset of the folds (a 1-fold
+        mean is never compared with a 5-fold mean); a step some fold never reaches (it stopped early) is not
+        reported."""
         if step in rt.reported:
             return
-        started = [p for p in rt.parts if p.state in ("running", "done")]
-        values = [p.values[step] for p in started if step in p.values]
-        if len(values) < len(started):
+        values = [p.values[step] for p in rt.parts if step in p.values]
+        if len(values) < len(rt.parts):
             return
         metric = rt.sweep.metric
         assert metric is not None
@@ -1462,6 +1491,8 @@ class Controller:
                 if len(parts) > 1:
                     attrs[st.ATTR_FOLDS] = {str(p.fold): v for p, v in zip(parts, finite, strict=True)}
                     attrs[st.ATTR_FOLD_STD] = statistics.stdev(finite)
+                    best, last = fold_best_last([p.values for p in parts], finite, metric.goal == "maximize")
+                    attrs[st.ATTR_BEST_VALUE], attrs[st.ATTR_LAST_VALUE] = best, last
         if state == TrialState.FAIL:
             attrs[st.ATTR_REASON] = reason
         runner.live.pop(trial._trial_id, None)
@@ -1550,6 +1581,22 @@ class Controller:
             self.display.message(
                 f"[{runner.spec.name}] trial {trial.number}: its result waits for the storage, kept {where}"
             )
+
+
+def fold_best_last(
+    curves: list[dict[int, float]], objectives: list[float], maximize: bool
+) -> tuple[float, float]:
+    """``best`` and ``last`` of a trial run per fold, computed like its value (the mean of the folds'
+    objectives): the mean over folds of each fold's best value — the best of its reported values and its own
+    objective — and of each fold's last reported value (its objective when it reported none). So
+    ``best >= value`` for maximize (``<=`` for minimize), fold by fold and hence on the means."""
+    pick = max if maximize else min
+    bests, lasts = [], []
+    for curve, objective in zip(curves, objectives, strict=True):
+        seen = [v for v in curve.values() if math.isfinite(v)]
+        bests.append(pick([*seen, objective]))
+        lasts.append(curve[max(curve)] if curve else objective)
+    return statistics.fmean(bests), statistics.fmean(lasts)
 
 
 def _write_metrics(part: _Part) -> None:

@@ -310,7 +310,11 @@ def leaderboard(
     top: Annotated[int | None, typer.Option(min=1, help="Show the best N per sweep.")] = None,
     group_by: Annotated[
         str | None,
-        typer.Option("--group-by", help="Best row per value of PARAM (e.g. backbone), with mean ± std."),
+        typer.Option(
+            "--group-by",
+            help="Best row per value of PARAM, or per combination of PARAM,PARAM (e.g. backbone,task), with "
+            "mean ± std; a sweep's task/dataset/metric parameters are always among the groups.",
+        ),
     ] = None,
     state: Annotated[
         list[str] | None,

@@ -8,7 +8,7 @@
 1. summary: trials by state, GPU-hours, the best trial;
 2. the leaderboard (the very tables of :mod:`orchestrator.leaderboard`, same code, same numbers);
 3. the architecture comparison when the sweep varies a backbone-like parameter (``--group-by`` table and a bar
-   chart with error bars);
+   chart with error bars; one chart per task/dataset/metric when the sweep spans several: never one axis);
 4. learning curves of the top trials (the objective per epoch: Optuna's intermediate values);
 5. the optimisation history (every trial's value, best so far);
 6. parameter importances (Optuna's ``get_param_importances``: fANOVA up to 1,000 trials, PED-ANOVA beyond);
@@ -636,13 +636,25 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
     if arch:
         grouped = lb.build(url, studies=[sd], group_by=arch)[0]
         data["architectures"] = json.loads(lb.render([grouped], "json"))["sweeps"][0]
-        h.append(f"<h3>Architecture comparison (best per {_e(arch)})</h3>" + _table_html(grouped))
+        per = " × ".join(grouped["group_by"] or [arch])
+        note = f" ({grouped['group_note']})" if grouped.get("group_note") else ""
+        h.append(f"<h3>Architecture comparison (best per {_e(per)})</h3>")
+        if note:
+            h.append(f"<p class='note'>{_e(note.strip(' ()'))}</p>")
+        h.append(_table_html(grouped))
         m.append(
-            f"### Architecture comparison (best per {arch})\n\n"
+            f"### Architecture comparison (best per {per})\n\n"
+            + (f"{note.strip(' ()')}\n\n" if note else "")
             + lb.render([grouped], "markdown").split("\n", 2)[2]
         )
-        good = [r for r in grouped["rows"] if lb._finite(r["value"])]
-        if good:
+        # one chart panel per task/dataset/metric (lb.strata): bars of different tasks never share an axis
+        others = [k for k in grouped["group_by"] or [] if k != arch]
+        panels: dict[str, list[dict[str, Any]]] = {}
+        for r in grouped["rows"]:
+            if lb._finite(r["value"]):
+                label = ", ".join(f"{k} {r['_params'].get(k)}" for k in others)
+                panels.setdefault(label, []).append(r)
+        for i, (label, good) in enumerate(panels.items()):
             repeats = bool(grouped["aggregated"])
             folds = not repeats and all(r.get("value_std") is not None for r in good)  # `folds:` trials
             errs = [r.get("value_std") if repeats or folds else r.get("group_std") for r in good]
@@ -655,16 +667,16 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
             else:
                 what = "bar: best trial; error bar: std over all complete trials with that value"
             chart(
-                "architectures",
+                "architectures" if len(panels) == 1 else f"architectures-{i + 1}",
                 bars_svg(
-                    f"{metric} per {arch}",
+                    f"{metric} per {arch}" + (f" — {label}" if label else ""),
                     [str(r["_params"].get(arch)) for r in good],
                     [float(r["value"]) for r in good],
                     errs,
                     metric,
                     what,
                 ),
-                f"Architecture comparison — {what}",
+                "Architecture comparison" + (f" — {label}" if label else "") + f" — {what}",
             )
 
     top_trials = [int(r["trial"]) for r in lb.rank([dict(r) for r in rows], sd.direction)[: min(top, 8)]]

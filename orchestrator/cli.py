@@ -258,6 +258,17 @@ def _launch(
         )
         return 130
     display.message(f"see `orchestrate leaderboard --storage {mask_url(opts.storage)}`")
+    if outcome.failures:  # a sweep whose trials failed is not a success (exit 1), and it says why
+        from orchestrator.scheduler import failure_summary
+
+        sweeps = len({f["sweep"] for f in outcome.failures})
+        display.message(
+            f"{len(outcome.failures)} trial(s) of {sweeps} sweep(s) ended FAILED after their retries "
+            "(their stderr.log in the run directory has the rest):"
+        )
+        for line in failure_summary(outcome.failures):
+            display.message(f"  {line}")
+        return 1
     return 0
 
 

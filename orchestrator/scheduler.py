@@ -55,6 +55,7 @@ def point_key(flat_params: dict[str, Any]) -> str:
     return json.dumps(flat_params, sort_keys=True, separators=(",", ":"), default=str)
 
 
+BAD_INPUT_RC = 2  # a child that exits 2 rejected its input (the house convention): retrying cannot help
 _OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
 
 
@@ -99,6 +100,8 @@ class Outcome:
     busy_s: float = 0.0  # sum of trial durations
     slots: int = 0
     unrecorded: int = 0  # finished results the storage did not take before an interrupted launch ended
+    # trials that ended FAILED with no retry left (or bad input, exit 2): {"sweep", "trial", "reason", "line"}
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def utilisation(self) -> float:
@@ -1441,6 +1444,7 @@ class Controller:
         value: float | None = None
         reason: str | None = None
         disk_fault = False
+        bad_input = False
         all_ok = all(p.state == "done" for p in parts)
         if rt.stopping == "pruned":
             state = TrialState.PRUNED
@@ -1459,6 +1463,9 @@ class Controller:
             reason = (
                 f"exit code {rc}" if rc >= 0 else f"killed by signal {signal.Signals(-rc).name}"
             ) + where
+            if rc == BAD_INPUT_RC and rt.stopping == "failed":  # the child rejected its input: same next time
+                reason += " (bad input: not retried)"
+                bad_input = True
             attrs[st.ATTR_STDERR] = bad.run_dir.tail("stderr", 30)[-4000:]
             if _OOM.search(attrs[st.ATTR_STDERR]):
                 reason = "CUDA out of memory: " + reason
@@ -1470,7 +1477,7 @@ class Controller:
                 seen = fl.DISK_TEXT.search(attrs[st.ATTR_STDERR])
                 disk = self.pause.failed_since(fl.RUNS_DIR, started) or (seen.group(0) if seen else None)
             if disk is not None:  # it could not write (checkpoint, logs): not the trial's fault, run it again
-                disk_fault = True
+                disk_fault, bad_input = True, False
                 reason += f" while its run dir was unwritable ({disk}): runs again, not counted as an attempt"
                 attrs[st.ATTR_INTERRUPTED] = True
         elif metric is None:
@@ -1564,7 +1571,7 @@ class Controller:
             pass  # the next launch re-runs it (same parameters, same attempt number)
         else:
             runner.counts["failed"] += 1
-            if rt.attempt < runner.retries + 1 and not self.stopping:
+            if rt.attempt < runner.retries + 1 and not self.stopping and not bad_input:
                 runner.pending.appendleft((rt.params, rt.attempt + 1))
                 runner.counts["retried"] += 1
                 batch = rt.nested.get("batch_size")
@@ -1573,6 +1580,15 @@ class Controller:
                     runner.overrides[rt.point] = {"batch_size": batch // 2}
             else:
                 runner.finished += 1
+                if not self.stopping:  # no retry left: the launch ends with exit code 1 and says why
+                    self.outcome.failures.append(
+                        {
+                            "sweep": runner.spec.name,
+                            "trial": trial.number,
+                            "reason": reason,
+                            "line": _last_line(attrs.get(st.ATTR_STDERR) or ""),
+                        }
+                    )
         self.display.trial_finished(
             runner.spec.name, trial.number, state.name, value, duration, reason, attrs[st.ATTR_EPOCHS]
         )
@@ -1581,6 +1597,29 @@ class Controller:
             self.display.message(
                 f"[{runner.spec.name}] trial {trial.number}: its result waits for the storage, kept {where}"
             )
+
+
+def _last_line(text: str) -> str:
+    """The child's last non-empty stderr line (a traceback's last line names the error), shortened."""
+    line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def failure_summary(failures: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct failure (reason and the child's last stderr line), most frequent first:
+    ``3× exit code 1: ValueError: levi_hassner needs img_size >= 35 px, got 32 [lh: trials 0, 2, 5]``."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in failures:
+        reason = re.sub(r" in fold \d+", "", str(f.get("reason") or "failed"))
+        groups.setdefault((reason, str(f.get("line") or "")), []).append(f)
+    lines = []
+    for (reason, line), members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        where = "; ".join(
+            f"{sweep}: trial(s) {', '.join(str(m['trial']) for m in members if m['sweep'] == sweep)}"
+            for sweep in dict.fromkeys(m["sweep"] for m in members)
+        )
+        lines.append(f"{len(members)}× {reason}" + (f": {line}" if line else "") + f" [{where}]")
+    return lines
 
 
 def fold_best_last(

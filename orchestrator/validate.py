@@ -47,8 +47,9 @@ def validate_experiments(specs: list[Any]) -> None:
                 params.pop("init_rank", None)  # the controller turns it into the parent's checkpoint path
                 params["pretrained"] = "<checkpoint of the parent sweep>"
             try:
-                config.validate(spec.experiment, params)
+                resolved = config.validate(spec.experiment, params)
                 reported = config.reported_metrics(spec.experiment, params)
+                _check_weights(resolved.get("pretrained"))
             except SpecError as exc:
                 key = exc.key or ""
                 raise SpecError(
@@ -69,6 +70,23 @@ def validate_experiments(specs: list[Any]) -> None:
                     key=".".join(filter(None, [_where(spec), "metric", "name"])),
                     hint="it reports: " + ", ".join(reported),
                 )
+
+
+def _check_weights(value: Any) -> None:
+    """A weights file a trial starts from (``pretrained: <path>``) must exist on this machine: trials read it
+    here, and remote hosts get their copy from here (``datasync.weight_units``). Relative paths are the
+    children's, from the project root. The parent checkpoint of an ``init_from`` sweep is not made yet."""
+    if not isinstance(value, str) or value.lower() in ("true", "false") or value.startswith("<"):
+        return
+    from orchestrator.datasync import _local
+
+    if not _local(value).is_file():
+        raise SpecError(
+            f"no such weights file: {value}",
+            key="pretrained",
+            hint="the path of a .pt/.pth file on this machine (relative paths start at the project root), "
+            "or pretrained: true for the timm weights",
+        )
 
 
 def _where(spec: Any) -> str:

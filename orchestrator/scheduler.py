@@ -569,9 +569,11 @@ class SweepRunner:
             self._checkpoints = self._parent_checkpoints()
             need = int(self.spec.init_from)
             if len(self._checkpoints) < need:
+                folds = getattr(self.spec, "folds", None)
+                every = f" for each of the folds {list(folds)}" if folds else ""
                 self.blocked = (
                     f"depends on sweep {self.spec.depends_on!r}, which has {len(self._checkpoints)} finished "
-                    f"trial(s) with a checkpoint; init_from needs {need}"
+                    f"trial(s) with a checkpoint{every}; init_from needs {need}"
                 )
         return self.blocked is None
 

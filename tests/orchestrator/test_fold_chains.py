@@ -183,3 +183,62 @@ def test_a_chain_that_would_leak_stops_before_anything_starts(
 def test_leak_free_chains_are_accepted(tmp_path: Path, parent: str, child: str) -> None:
     spec = write(tmp_path, "sweeps.yaml", _chain(parent, child))
     assert [s.name for s in load_sweeps(spec).sweeps] == ["pre", "fine"]
+
+
+TOP_K = """
+defaults: {slots: "cpu:2", wandb: disabled, retries: 0}
+sweeps:
+  - name: pre
+    program: @CURVE@
+    method: grid
+    folds: [0, 1, 2]
+    metric: {name: score, goal: maximize}
+    parameters:
+      quality: {values: [0.5, 0.7]}
+      epochs: {value: 1}
+      sleep: {value: 0.01}
+  - name: fine-folds
+    program: @CURVE@
+    method: grid
+    depends_on: pre
+    init_from: {top: 2}
+    folds: [0, 1, 2]
+    metric: {name: score, goal: maximize}
+    parameters:
+      epochs: {value: 1}
+      sleep: {value: 0.01}
+  - name: fine-one
+    program: @CURVE@
+    method: grid
+    depends_on: pre
+    init_from: best
+    metric: {name: score, goal: maximize}
+    parameters:
+      fold: {value: 2}
+      epochs: {value: 1}
+      sleep: {value: 0.01}
+"""
+
+
+@pytest.mark.e2e
+def test_top_k_fold_chains_and_a_single_fold_child_get_their_folds_checkpoint(tmp_path: Path) -> None:
+    spec = write(tmp_path, "sweeps.yaml", TOP_K)
+    run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
+    parents = sorted(load_trials(tmp_path, "pre"), key=lambda t: -t.value)  # quality 0.7, then 0.5
+    dirs = [Path(p.user_attrs["orchestrate.run_dir"]) for p in parents]
+    for child in load_trials(tmp_path, "fine-folds"):
+        rank = child.params["init_rank"]
+        run_dir = Path(child.user_attrs["orchestrate.run_dir"])
+        for k in range(3):
+            argv = (run_dir / f"fold{k}" / "trial.json").read_text()
+            assert json.loads(argv)["params"]["init_checkpoint"] == str(
+                dirs[rank - 1] / f"fold{k}" / "checkpoint_best.pt"
+            )
+        # the trial records which parent run its folds start from
+        assert child.user_attrs["orchestrate.params"]["init_checkpoint"] == str(
+            dirs[rank - 1] / "fold{fold}" / "checkpoint_best.pt"
+        )
+    (one,) = load_trials(tmp_path, "fine-one")
+    assert one.user_attrs["orchestrate.params"]["init_checkpoint"] == str(
+        dirs[0] / "fold2" / "checkpoint_best.pt"
+    )

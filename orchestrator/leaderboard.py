@@ -641,6 +641,14 @@ def strata(params: list[str]) -> list[str]:
     return [p for p in params if p.rpartition(".")[2] in STRATA]
 
 
+def rank_within(rows: list[dict[str, Any]], keys: list[str], direction: str) -> list[dict[str, Any]]:
+    """Rank separately per combination of ``keys`` (the :func:`strata`), blocks in first-seen order."""
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        blocks.setdefault(json.dumps([r["_params"].get(k) for k in keys], default=str), []).append(r)
+    return [r for block in blocks.values() for r in rank(block, direction)]
+
+
 def group(
     rows: list[dict[str, Any]], trial_level: list[dict[str, Any]], param: str | list[str], direction: str
 ) -> list[dict[str, Any]]:
@@ -730,9 +738,9 @@ def build(
     per_trial: bool = False,
     studies: list[StudyData] | None = None,
 ) -> list[dict[str, Any]]:
-    """One table per sweep: ``{"sweep", "direction", "metric", "params", "repeats", "group_by", "group_note",
+    """One table per sweep: ``{"sweep", "direction", "metric", "params", "repeats", "group_by", "note",
     "rows"}``; ``group_by`` is the list of grouping parameters (``"backbone,task"`` or a list), to which the
-    sweep's varying :func:`strata` parameters are added (``group_note`` says so)."""
+    sweep's varying :func:`strata` parameters are added (``note`` says so)."""
     if isinstance(group_by, str):
         group_by = [k.strip() for k in group_by.split(",") if k.strip()]
     if studies is None:
@@ -781,12 +789,16 @@ def build(
                 )
             rows = group(rows, trial_level, keys, sd.direction)
             params = keys + [p for p in params if p not in keys]
+        elif strata(params):  # a sweep over tasks/datasets/metrics: one ranking per task, never one across
+            split = strata(params)
+            rows = rank_within(rows, split, sd.direction)
+            note = f"ranked within each {' × '.join(split)}: values of different ones are not comparable"
         else:
             rows = rank(rows, sd.direction)
         if sort:
             rows = _sorted(rows, sort)
         if top:
-            rows = rows[:top]
+            rows = [r for r in rows if r["rank"] <= top] if note and not keys else rows[:top]
         for r in rows:
             r["wandb"] = _wandb_cell(r)
         tables.append(
@@ -798,7 +810,7 @@ def build(
                 "repeats": repeats,
                 "aggregated": aggregated,
                 "group_by": keys,
-                "group_note": note,
+                "note": note,
                 "rows": rows,
             }
         )
@@ -910,8 +922,8 @@ def _title(t: dict[str, Any]) -> str:
         extra = f"; mean ± std over {', '.join(t['repeats'])}"
     if t.get("group_by"):
         extra += f"; best per {' × '.join(t['group_by'])}"
-    if t.get("group_note"):
-        extra += f" ({t['group_note']})"
+    if t.get("note"):
+        extra += f" ({t['note']})"
     return f"{t['sweep']}{goal}{extra}"
 
 
@@ -937,7 +949,7 @@ def render(tables: list[dict[str, Any]], fmt: str, wanted: list[str] | None = No
                     "metric": t["metric"],
                     "repeats": t["repeats"],
                     "group_by": t["group_by"],
-                    "group_note": t.get("group_note"),
+                    "note": t.get("note"),
                     "rows": rows,
                 }
             )

@@ -618,10 +618,12 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
         "GPU-hours": round(sum(r["gpu_hours"] or 0 for r in rows), 4),
         "duration (h, sum)": round(sum(r["duration_s"] or 0 for r in rows) / 3600, 4),
     }
-    ranked = lb.rank([dict(r) for r in rows], sd.direction)
-    if ranked and ranked[0]["state"] == "COMPLETE":
-        overview["best trial"] = ranked[0]["trial"]
-        overview[f"best {metric}"] = ranked[0]["value"]
+    split = lb.strata(lb.varying([r["_params"] for r in rows]))  # tasks/datasets: one best per task
+    for r in lb.rank_within([dict(r) for r in rows], split, sd.direction):
+        if r["rank"] == 1 and r["state"] == "COMPLETE":
+            label = ", ".join(f"{k} {r['_params'].get(k)}" for k in split)
+            overview["best trial" + (f" ({label})" if label else "")] = r["trial"]
+            overview[f"best {metric}" + (f" ({label})" if label else "")] = r["value"]
     h.append(_kv_html(overview))
     m.append(_kv_md(overview))
 
@@ -637,7 +639,7 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
         grouped = lb.build(url, studies=[sd], group_by=arch)[0]
         data["architectures"] = json.loads(lb.render([grouped], "json"))["sweeps"][0]
         per = " × ".join(grouped["group_by"] or [arch])
-        note = f" ({grouped['group_note']})" if grouped.get("group_note") else ""
+        note = f" ({grouped['note']})" if grouped.get("note") else ""
         h.append(f"<h3>Architecture comparison (best per {_e(per)})</h3>")
         if note:
             h.append(f"<p class='note'>{_e(note.strip(' ()'))}</p>")

@@ -132,15 +132,26 @@ def _cells(table: dict) -> dict[tuple[str, str], dict]:
 def test_group_by_backbone_never_averages_two_tasks(two_tasks: str) -> None:
     (table,) = lb.build(two_tasks, group_by="backbone")
     assert table["group_by"] == ["backbone", "task"]  # the task joined the groups, and the table says so
-    assert "task" in table["group_note"] and "never averaged" in lb.render([table], "markdown")
+    assert "task" in table["note"] and "never averaged" in lb.render([table], "markdown")
     cells = _cells(table)
     assert set(cells) == set(VALUES)
     for key, v in VALUES.items():
         assert cells[key]["value"] == pytest.approx(v)  # the mean over the two seeds of ONE task
         assert cells[key]["group_mean"] == pytest.approx(v) and cells[key]["group_n"] == 2
     (explicit,) = lb.build(two_tasks, group_by="backbone,task")
-    assert explicit["group_note"] is None
+    assert explicit["note"] is None
     assert {k: r["value"] for k, r in _cells(explicit).items()} == {k: r["value"] for k, r in cells.items()}
+
+
+def test_a_sweep_over_tasks_is_ranked_within_each_task(two_tasks: str) -> None:
+    (table,) = lb.build(two_tasks)
+    firsts = {r["_params"]["task"]: r for r in table["rows"] if r["rank"] == 1}
+    assert (
+        firsts["gender"]["_params"]["backbone"] == "a" and firsts["age_group"]["_params"]["backbone"] == "b"
+    )
+    assert "ranked within each task" in lb.render([table], "markdown")
+    (top1,) = lb.build(two_tasks, top=1)
+    assert {r["_params"]["task"] for r in top1["rows"]} == {"gender", "age_group"}  # the best of each task
 
 
 def test_cli_group_by_two_keys(two_tasks: str, tmp_path: Path) -> None:
@@ -154,6 +165,8 @@ def test_cli_group_by_two_keys(two_tasks: str, tmp_path: Path) -> None:
 def test_report_draws_one_architecture_panel_per_task(two_tasks: str, tmp_path: Path) -> None:
     out = tmp_path / "report"
     write_report(two_tasks, out)
+    md = (out / "report.md").read_text()
+    assert "| best trial (task gender) |" in md and "| best trial (task age_group) |" in md
     panels = sorted(out.glob("arch-architectures*.svg"))
     assert len(panels) == 2
     for svg in panels:

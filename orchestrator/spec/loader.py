@@ -668,7 +668,8 @@ def _check_chain(ctx: _Ctx, child: SweepSpec, parent: SweepSpec, line: int | Non
                 f"checkpoint was trained on the subjects of the folds {list(child.folds)} tests on (test leakage)",
                 line,
                 key,
-                hint=f"give {parent.name!r} {same}",
+                hint=f"give {parent.name!r} {same}; a parent that trains on other data (e.g. CelebA) says so "
+                "with its 'dataset' parameter, and is then accepted",
             )
         missing = [f for f in child.folds if f not in parent.folds]
         if missing:

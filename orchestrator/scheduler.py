@@ -1609,7 +1609,7 @@ def _last_line(text: str) -> str:
 
 def failure_summary(failures: list[dict[str, Any]]) -> list[str]:
     """One line per distinct failure (reason and the child's last stderr line), most frequent first:
-    ``3× exit code 1: ValueError: levi_hassner needs img_size >= 35 px, got 32 [lh: trials 0, 2, 5]``."""
+    ``3× exit code 3: boom: simulated crash in epoch 1 [crashy: trial(s) 3, 4, 5]``."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for f in failures:
         reason = re.sub(r" in fold \d+", "", str(f.get("reason") or "failed"))

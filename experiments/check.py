@@ -7,7 +7,8 @@ parameters before anything starts, or to learn which dataset a trial reads, it r
 
 and reads one JSON answer on stdout, one result per request, in order::
 
-    {"results": [{"ok": true, "reported": ["val/loss", …], "dataset": "adience", "data_root": null},
+    {"results": [{"ok": true, "reported": ["val/loss", …], "dataset": "adience", "data_root": null,
+                  "pretrained": null},
                  {"ok": false, "message": "…", "key": "lr", "hint": "…"}]}
 
 ``op`` is ``validate`` (resolve and check the params; the metrics a trial with them reports) or ``resolve``
@@ -34,6 +35,7 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
             "ok": True,
             "dataset": resolved.get("dataset"),
             "data_root": resolved.get("data_root"),
+            "pretrained": resolved.get("pretrained"),  # a weights file the controller checks exists
         }
         if request.get("op", "validate") == "validate":
             out["reported"] = config.reported_metrics(experiment, params)

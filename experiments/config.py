@@ -421,6 +421,30 @@ def _check(cfg: TrainConfig, file: Any, line: int | None) -> None:
             "10-crop test averaging needs random_crop: true (train on crops of the faces the test crops come from)",
             "add random_crop: true (Levi–Hassner: random 227 crops of 256-px faces; 10 crops of them at test)",
         )
+    need = min_image_size(cfg)
+    if cfg.image_size is not None and need is not None and cfg.image_size < need:
+        bad(
+            "image_size",
+            f"{_backbone_label(cfg)} needs image_size >= {need} px, got {cfg.image_size}",
+            f"use image_size >= {need} (or null: the backbone's own input size)",
+        )
+
+
+def min_image_size(cfg: TrainConfig) -> int | None:
+    """The smallest input side a built-in backbone accepts, known without building it (the backbones raise
+    the same at construction: ``backbones/levi_hassner.py`` 35 px; ``basic_cnn`` one 2x2 pooling per layer)."""
+    if cfg.backbone == "levi_hassner":
+        return 35
+    if cfg.backbone == "basic_cnn":
+        layers = cfg.backbone_args.get("num_layers", 4)
+        return 2 ** int(layers) if isinstance(layers, int) and 0 < layers < 31 else None
+    return None
+
+
+def _backbone_label(cfg: TrainConfig) -> str:
+    if cfg.backbone == "basic_cnn":
+        return f"basic_cnn with num_layers {cfg.backbone_args.get('num_layers', 4)}"
+    return cfg.backbone
 
 
 def validate(

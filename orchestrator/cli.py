@@ -318,6 +318,17 @@ def _launch(
         return 128 + (outcome.signal or signal.SIGINT)
     for line in _best_lines(opts.storage, [s.name for s in specs]):
         display.message(line)
+    if outcome.failures:  # a sweep whose trials failed is not a success (exit 1), and it says why
+        from orchestrator.scheduler import failure_summary
+
+        sweeps = len({f["sweep"] for f in outcome.failures})
+        display.message(
+            f"{len(outcome.failures)} trial(s) of {sweeps} sweep(s) ended FAILED after their retries "
+            "(their stderr.log in the run directory has the rest):"
+        )
+        for line in failure_summary(outcome.failures):
+            display.message(f"  {line}")
+        return 1
     return 0
 
 
@@ -402,7 +413,11 @@ def leaderboard(
     top: Annotated[int | None, typer.Option(min=1, help="Show the best N per sweep.")] = None,
     group_by: Annotated[
         str | None,
-        typer.Option("--group-by", help="Best row per value of PARAM (e.g. backbone), with mean ± std."),
+        typer.Option(
+            "--group-by",
+            help="Best row per value of PARAM, or per combination of PARAM,PARAM (e.g. backbone,task), with "
+            "mean ± std; a sweep's task/dataset/metric parameters are always among the groups.",
+        ),
     ] = None,
     state: Annotated[
         list[str] | None,

@@ -21,9 +21,15 @@ sweep varies a repeat parameter, the leaderboard shows one row per configuration
 sample standard deviation (n−1) in ``<column>_std`` (rendered ``mean ± std`` in tables), ``n`` completed repeats,
 ``trials`` the member trial numbers; ``duration_s``, ``gpu_hours`` and ``cost`` are sums, ``epochs`` the mean.
 
-``--group-by PARAM`` (the architecture-comparison table): per value of PARAM, the best row (configuration, or
-trial when there are no repeats), plus ``group_mean``, ``group_std`` and ``group_n`` over every COMPLETE trial
-with that value.
+``--group-by PARAM[,PARAM…]`` (the architecture-comparison table): per value of PARAM (per combination, for
+several), the best row (configuration, or trial when there are no repeats), plus ``group_mean``, ``group_std``
+and ``group_n`` over every COMPLETE trial with that value. Values of different tasks, datasets or metrics are
+never averaged nor ranked against each other: when the sweep varies a :data:`STRATA` parameter (``task``,
+``tasks``, ``dataset``, ``metric``) the groups include it even if not asked for, and the table says so.
+
+``best`` is computed like ``value``: for a trial run per fold (``folds:``), the mean over its folds of each
+fold's best (``orchestrate.best_value``), as ``value`` is the mean of the folds' objectives; otherwise the best
+of its reported values and its final value. So ``best >= value`` for maximize (``<=`` for minimize).
 
 A trial that runs its folds inside one process (``orchestrate.fold_values``/``fold_std``) shows
 ``value ± fold std`` and ``folds``.
@@ -65,11 +71,13 @@ SECONDARY = (
     "test/loss",
 )
 REPEAT_PARAMS = ("fold", "seed", "repeat")
+STRATA = ("task", "tasks", "dataset", "metric")  # values of different tasks/datasets/metrics never averaged
 ATTR_COST = st.ATTR_COST  # price per GPU-hour of the host (the controller writes it from the host inventory)
 ATTR_WANDB_PATH = st.A + "wandb_path"  # entity/project/runs/id of an online run
 ATTR_SLOT_S: str | None = getattr(st, "ATTR_GPU_S", None)  # written by newer controllers
 ATTR_FOLDS: str | None = getattr(st, "ATTR_FOLDS", None)
 ATTR_FOLD_STD: str | None = getattr(st, "ATTR_FOLD_STD", None)
+ATTR_BEST_VALUE: str | None = getattr(st, "ATTR_BEST_VALUE", None)
 _SKIP_ATTRS = (st.ATTR_STDERR, st.ATTR_POINT)  # large or unused here: not read by the fast path
 NUMERIC_AGG = ("value", "best", "last", "best_epoch", "epochs")
 SUMMED = ("duration_s", "gpu_hours", "cost")
@@ -429,6 +437,7 @@ def _metric_keys(summary: dict[str, Any], metric: str | None) -> list[str]:
 def trial_rows(sd: StudyData, now: float | None = None) -> list[dict[str, Any]]:
     """One row per trial (unranked)."""
     metric = sd.metric
+    maximize = sd.direction == "maximize"
     now = now if now is not None else time.time()
     share = _gpu_share({str(t.attrs.get(st.ATTR_SLOT)) for t in sd.trials if t.attrs.get(st.ATTR_SLOT)})
     rows: list[dict[str, Any]] = []
@@ -447,6 +456,7 @@ def trial_rows(sd: StudyData, now: float | None = None) -> list[dict[str, Any]]:
         lv = _num(ua.get(st.ATTR_LAST_VALUE))
         if lv is not None:
             last = lv
+        best = _best_of(best, value, _num(ua.get(ATTR_BEST_VALUE)) if ATTR_BEST_VALUE else None, maximize)
         duration = _num(ua.get(st.ATTR_DURATION))
         if duration is None and t.start is not None:
             if t.complete is not None:
@@ -494,6 +504,21 @@ def trial_rows(sd: StudyData, now: float | None = None) -> list[dict[str, Any]]:
             row["folds"] = len(folds)
         rows.append(row)
     return rows
+
+
+def _best_of(
+    best: float | None, value: float | None, fold_best: float | None, maximize: bool
+) -> float | None:
+    """A trial's ``best``, computed like its ``value``: for a trial run per fold the controller's mean of the
+    folds' bests (``orchestrate.best_value``); otherwise the best of its reported values and its final value.
+    So ``best >= value`` for maximize and ``best <= value`` for minimize, always."""
+    if value is None or not _finite(value):
+        return best
+    if fold_best is not None and _finite(fold_best):
+        best = fold_best
+    if best is None or not _finite(best):
+        return value
+    return max(best, value) if maximize else min(best, value)
 
 
 def varying(params: list[dict[str, Any]]) -> list[str]:
@@ -611,18 +636,37 @@ def aggregate(rows: list[dict[str, Any]], repeat_names: list[str], direction: st
     return out
 
 
+def strata(params: list[str]) -> list[str]:
+    """The parameters among ``params`` whose values measure different things (:data:`STRATA`: task, dataset,
+    metric …): numbers of two of their values are never averaged, nor ranked against each other in a group."""
+    return [p for p in params if p.rpartition(".")[2] in STRATA]
+
+
+def rank_within(rows: list[dict[str, Any]], keys: list[str], direction: str) -> list[dict[str, Any]]:
+    """Rank separately per combination of ``keys`` (the :func:`strata`), blocks in first-seen order."""
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        blocks.setdefault(json.dumps([r["_params"].get(k) for k in keys], default=str), []).append(r)
+    return [r for block in blocks.values() for r in rank(block, direction)]
+
+
 def group(
-    rows: list[dict[str, Any]], trial_level: list[dict[str, Any]], param: str, direction: str
+    rows: list[dict[str, Any]], trial_level: list[dict[str, Any]], param: str | list[str], direction: str
 ) -> list[dict[str, Any]]:
-    """Best row per value of ``param`` + ``group_mean/std/n`` over every COMPLETE trial with that value."""
+    """Best row per value of ``param`` (per combination of values, for several parameters) +
+    ``group_mean/std/n`` over every COMPLETE trial with that value."""
+    keys = [param] if isinstance(param, str) else list(param)
+
+    def ident(r: dict[str, Any]) -> str:
+        return json.dumps([r["_params"].get(k) for k in keys], sort_keys=True, default=str)
+
     buckets: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        buckets.setdefault(json.dumps(r["_params"].get(param), sort_keys=True, default=str), []).append(r)
+        buckets.setdefault(ident(r), []).append(r)
     by_value: dict[str, list[float]] = {}
     for r in trial_level:
         if r["state"] == "COMPLETE" and _finite(r["value"]):
-            key = json.dumps(r["_params"].get(param), sort_keys=True, default=str)
-            by_value.setdefault(key, []).append(float(r["value"]))
+            by_value.setdefault(ident(r), []).append(float(r["value"]))
     out = []
     for key, members in buckets.items():
         best = dict(rank([dict(m) for m in members], direction)[0])
@@ -690,12 +734,16 @@ def build(
     top: int | None = None,
     states: list[str] | None = None,
     where: list[str] | None = None,
-    group_by: str | None = None,
+    group_by: str | list[str] | None = None,
     sort: str | None = None,
     per_trial: bool = False,
     studies: list[StudyData] | None = None,
 ) -> list[dict[str, Any]]:
-    """One table per sweep: ``{"sweep", "direction", "metric", "params", "repeats", "group_by", "rows"}``."""
+    """One table per sweep: ``{"sweep", "direction", "metric", "params", "repeats", "group_by", "note",
+    "rows"}``; ``group_by`` is the list of grouping parameters (``"backbone,task"`` or a list), to which the
+    sweep's varying :func:`strata` parameters are added (``note`` says so)."""
+    if isinstance(group_by, str):
+        group_by = [k.strip() for k in group_by.split(",") if k.strip()]
     if studies is None:
         if sweep:
             names = study_names(storage_url)
@@ -733,21 +781,35 @@ def build(
         if aggregated:
             rows = aggregate(rows, repeats, sd.direction)
             params = [p for p in params if p not in repeats]
+        keys: list[str] | None = None
+        note = None
         if group_by:
-            if rows and not any(group_by in r["_params"] for r in rows):
-                known = sorted({k for r in all_rows for k in r["_params"]})
-                raise UsageError(
-                    f"--group-by {group_by!r}: sweep {sd.name!r} has no such parameter",
-                    hint="parameters: " + ", ".join(known),
+            for key in group_by:
+                if rows and not any(key in r["_params"] for r in rows):
+                    known = sorted({k for r in all_rows for k in r["_params"]})
+                    raise UsageError(
+                        f"--group-by {key!r}: sweep {sd.name!r} has no such parameter",
+                        hint="parameters: " + ", ".join(known),
+                    )
+            added = [p for p in strata(params) if p not in group_by]
+            keys = [*group_by, *added]
+            if added:
+                note = (
+                    f"also grouped by {', '.join(added)}: the sweep spans several of them, and values of "
+                    "different tasks/datasets/metrics are never averaged"
                 )
-            rows = group(rows, trial_level, group_by, sd.direction)
-            params = [group_by] + [p for p in params if p != group_by]
+            rows = group(rows, trial_level, keys, sd.direction)
+            params = keys + [p for p in params if p not in keys]
+        elif strata(params):  # a sweep over tasks/datasets/metrics: one ranking per task, never one across
+            split = strata(params)
+            rows = rank_within(rows, split, sd.direction)
+            note = f"ranked within each {' × '.join(split)}: values of different ones are not comparable"
         else:
             rows = rank(rows, sd.direction)
         if sort:
             rows = _sorted(rows, sort)
         if top:
-            rows = rows[:top]
+            rows = [r for r in rows if r["rank"] <= top] if note and not keys else rows[:top]
         for r in rows:
             r["wandb"] = _wandb_cell(r)
         tables.append(
@@ -758,7 +820,8 @@ def build(
                 "params": params,
                 "repeats": repeats,
                 "aggregated": aggregated,
-                "group_by": group_by,
+                "group_by": keys,
+                "note": note,
                 "rows": rows,
             }
         )
@@ -839,15 +902,15 @@ def cell(row: dict[str, Any], col: str, pretty: bool = True) -> str:
 def columns(table: dict[str, Any], wanted: list[str] | None = None) -> list[str]:
     rows = table["rows"]
     cols = []
-    if table.get("group_by"):
-        cols.append(f"param:{table['group_by']}")
+    keys = list(table.get("group_by") or [])
+    cols += [f"param:{k}" for k in keys]
     cols += ["rank", "trials" if table.get("aggregated") else "trial", "state"]
     if table.get("aggregated"):
         cols.append("n")
     cols += ["value", "best", "last", "best_epoch"]
     if table.get("group_by"):
         cols += ["group_mean", "group_std", "group_n"]
-    cols += [f"param:{p}" for p in table["params"] if p != table.get("group_by")]
+    cols += [f"param:{p}" for p in table["params"] if p not in keys]
     seen = {k for r in rows for k in r if "/" in k and not k.startswith("_") and not k.endswith("_std")}
     cols += [k for k in SECONDARY if k in seen] + sorted(seen - set(SECONDARY))
     cols += ["epochs", "duration_s", "gpu_hours"]
@@ -864,8 +927,9 @@ def columns(table: dict[str, Any], wanted: list[str] | None = None) -> list[str]
                 hint="columns: " + ", ".join(c.removeprefix("param:") for c in cols),
             )
         cols = [c if c in cols or c in extra else f"param:{c}" for c in wanted]
-        if table.get("group_by") and f"param:{table['group_by']}" not in cols:
-            cols.insert(0, f"param:{table['group_by']}")  # a grouped table always says what each row is
+        for k in reversed(keys):  # a grouped table always says what each row is
+            if f"param:{k}" not in cols:
+                cols.insert(0, f"param:{k}")
     return cols
 
 
@@ -887,7 +951,7 @@ def compact_columns(table: dict[str, Any]) -> list[str]:
     metrics; the state only when some row is not COMPLETE. ``--wide`` or ``--columns`` shows the others."""
     full = columns(table)
     rows = table["rows"]
-    cols = [c for c in full if c == f"param:{table.get('group_by')}"]
+    cols = [f"param:{k}" for k in table.get("group_by") or [] if f"param:{k}" in full]  # the group keys first
     cols += [c for c in ("rank", "trials", "trial") if c in full][:2]
     if any(r.get("state") != "COMPLETE" for r in rows):
         cols.append("state")
@@ -910,7 +974,9 @@ def _title(t: dict[str, Any]) -> str:
     if t.get("aggregated"):
         extra = f"; mean ± std over {', '.join(t['repeats'])}"
     if t.get("group_by"):
-        extra += f"; best per {t['group_by']}"
+        extra += f"; best per {' × '.join(t['group_by'])}"
+    if t.get("note"):
+        extra += f" ({t['note']})"
     return f"{t['sweep']}{goal}{extra}"
 
 
@@ -938,6 +1004,7 @@ def render(
                     "metric": t["metric"],
                     "repeats": t["repeats"],
                     "group_by": t["group_by"],
+                    "note": t.get("note"),
                     "rows": rows,
                 }
             )

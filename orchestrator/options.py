@@ -42,6 +42,8 @@ class Outcome:
     busy_s: float = 0.0  # sum of trial durations
     slots: int = 0
     unrecorded: int = 0  # finished results the storage did not take before an interrupted launch ended
+    # trials that ended FAILED with no retry left (or bad input, exit 2): {"sweep", "trial", "reason", "line"}
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def utilisation(self) -> float:

@@ -8,7 +8,7 @@
 1. summary: trials by state, GPU-hours, the best trial;
 2. the leaderboard (the very tables of :mod:`orchestrator.leaderboard`, same code, same numbers);
 3. the architecture comparison when the sweep varies a backbone-like parameter (``--group-by`` table and a bar
-   chart with error bars);
+   chart with error bars; one chart per task/dataset/metric when the sweep spans several: never one axis);
 4. learning curves of the top trials (the objective per epoch: Optuna's intermediate values), and their train
    and val loss per epoch (``metrics.jsonl``; a trial run per fold: the mean over folds, with a min–max band);
 5. the optimisation history (every trial's value, best so far);
@@ -716,10 +716,12 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
         "GPU-hours": round(sum(r["gpu_hours"] or 0 for r in rows), 4),
         "duration (h, sum)": round(sum(r["duration_s"] or 0 for r in rows) / 3600, 4),
     }
-    ranked = lb.rank([dict(r) for r in rows], sd.direction)
-    if ranked and ranked[0]["state"] == "COMPLETE":
-        overview["best trial"] = ranked[0]["trial"]
-        overview[f"best {metric}"] = ranked[0]["value"]
+    split = lb.strata(lb.varying([r["_params"] for r in rows]))  # tasks/datasets: one best per task
+    for r in lb.rank_within([dict(r) for r in rows], split, sd.direction):
+        if r["rank"] == 1 and r["state"] == "COMPLETE":
+            label = ", ".join(f"{k} {r['_params'].get(k)}" for k in split)
+            overview["best trial" + (f" ({label})" if label else "")] = r["trial"]
+            overview[f"best {metric}" + (f" ({label})" if label else "")] = r["value"]
     h.append(_kv_html(overview))
     m.append(_kv_md(overview))
 
@@ -734,13 +736,25 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
     if arch:
         grouped = lb.build(url, studies=[sd], group_by=arch)[0]
         data["architectures"] = json.loads(lb.render([grouped], "json"))["sweeps"][0]
-        h.append(f"<h3>Architecture comparison (best per {_e(arch)})</h3>" + _table_html(grouped))
+        per = " × ".join(grouped["group_by"] or [arch])
+        note = f" ({grouped['note']})" if grouped.get("note") else ""
+        h.append(f"<h3>Architecture comparison (best per {_e(per)})</h3>")
+        if note:
+            h.append(f"<p class='note'>{_e(note.strip(' ()'))}</p>")
+        h.append(_table_html(grouped))
         m.append(
-            f"### Architecture comparison (best per {arch})\n\n"
+            f"### Architecture comparison (best per {per})\n\n"
+            + (f"{note.strip(' ()')}\n\n" if note else "")
             + lb.render([grouped], "markdown").split("\n", 2)[2]
         )
-        good = [r for r in grouped["rows"] if lb._finite(r["value"])]
-        if good:
+        # one chart panel per task/dataset/metric (lb.strata): bars of different tasks never share an axis
+        others = [k for k in grouped["group_by"] or [] if k != arch]
+        panels: dict[str, list[dict[str, Any]]] = {}
+        for r in grouped["rows"]:
+            if lb._finite(r["value"]):
+                label = ", ".join(f"{k} {r['_params'].get(k)}" for k in others)
+                panels.setdefault(label, []).append(r)
+        for i, (label, good) in enumerate(panels.items()):
             repeats = bool(grouped["aggregated"])
             folds = not repeats and all(r.get("value_std") is not None for r in good)  # `folds:` trials
             errs = [r.get("value_std") if repeats or folds else r.get("group_std") for r in good]
@@ -753,16 +767,16 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
             else:
                 what = "bar: best trial; error bar: std over all complete trials with that value"
             chart(
-                "architectures",
+                "architectures" if len(panels) == 1 else f"architectures-{i + 1}",
                 bars_svg(
-                    f"{metric} per {arch}",
+                    f"{metric} per {arch}" + (f" — {label}" if label else ""),
                     [str(r["_params"].get(arch)) for r in good],
                     [float(r["value"]) for r in good],
                     errs,
                     metric,
                     what,
                 ),
-                f"Architecture comparison — {what}",
+                "Architecture comparison" + (f" — {label}" if label else "") + f" — {what}",
             )
 
     top_trials = [int(r["trial"]) for r in lb.rank([dict(r) for r in rows], sd.direction)[: min(top, 8)]]

@@ -55,6 +55,7 @@ __all__ = ["Controller", "LaunchOptions", "Outcome", "SweepRunner", "point_key"]
 #: seconds after Ctrl-C/SIGTERM after which jobs that never reported their end are left (recorded interrupted)
 STOP_LIMIT_S = 30.0
 
+BAD_INPUT_RC = 2  # a child that exits 2 rejected its input (the house convention): retrying cannot help
 _OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
 
 
@@ -395,15 +396,18 @@ class Controller(Coordination):
         trial, optuna_params, flat, attempt = nxt
         spec = runner.spec
         nested = spec.parameters.nest(flat)
+        folds = getattr(spec, "folds", None)
         init = runner.init_checkpoint(flat)
         if init is not None:
             # the built-in experiment loads a trunk from `pretrained: <checkpoint>` (heads replaced); a user
-            # program gets --init_checkpoint=<path>
+            # program gets --init_checkpoint=<path>; with folds, each job gets its fold's (_start_part) and the
+            # trial records which parent run the folds start from
             nested.pop("init_rank", None)
+            if folds and Path(init).parent.name.startswith("fold"):
+                init = str(Path(init).parent.parent / "fold{fold}" / Path(init).name)
             nested["pretrained" if spec.experiment else "init_checkpoint"] = init
         # created by _start_part, where a full or read-only disk pauses the controller
         run_dir = RunDir.for_trial(self.opts.runs_dir.resolve(), spec.name, trial.number)
-        folds = getattr(spec, "folds", None)
         parts = (
             [_Part(fold=None, run_dir=run_dir)]
             if not folds
@@ -475,6 +479,9 @@ class Controller(Coordination):
         nested = dict(rt.nested)
         if part.fold is not None:
             nested["fold"] = part.fold
+            init = rt.sweep.init_checkpoint(rt.flat, part.fold)
+            if init is not None:  # stage 2 fold k starts from stage 1 fold k (no test subject seen)
+                nested["pretrained" if spec.experiment else "init_checkpoint"] = init
         suffix = "" if part.fold is None else f"-fold{part.fold}"
         try:
             part.run_dir.create()
@@ -718,12 +725,15 @@ class Controller(Coordination):
         self._stop_trial(rt)
 
     def _report(self, rt: _Running, step: int) -> None:
-        """Report the trial's value at ``step`` (the mean over its folds once every started fold has it)."""
+        """Report the trial's value at ``step``: with folds, the mean over ALL its folds, once every fold has
+        reached the step. With fewer slots than folds a fold still waiting for a slot holds the step back, so
+        the stored curve, the pruner and the leaderboard never see a mean over a subset of the folds (a 1-fold
+        mean is never compared with a 5-fold mean); a step some fold never reaches (it stopped early) is not
+        reported."""
         if step in rt.reported:
             return
-        started = [p for p in rt.parts if p.state in ("running", "done")]
-        values = [p.values[step] for p in started if step in p.values]
-        if len(values) < len(started):
+        values = [p.values[step] for p in rt.parts if step in p.values]
+        if len(values) < len(rt.parts):
             return
         metric = rt.sweep.metric
         assert metric is not None
@@ -850,6 +860,7 @@ class Controller(Coordination):
         value: float | None = None
         reason: str | None = None
         disk_fault = False
+        bad_input = False
         all_ok = all(p.state == "done" for p in parts)
         if rt.stopping == "pruned":
             state = TrialState.PRUNED
@@ -871,6 +882,9 @@ class Controller(Coordination):
             reason = (
                 f"exit code {rc}" if rc >= 0 else f"killed by signal {signal.Signals(-rc).name}"
             ) + where
+            if rc == BAD_INPUT_RC and rt.stopping == "failed":  # the child rejected its input: same next time
+                reason += " (bad input: not retried)"
+                bad_input = True
             attrs[st.ATTR_STDERR] = bad.run_dir.tail("stderr", 30)[-4000:]
             if _OOM.search(attrs[st.ATTR_STDERR]):
                 reason = "CUDA out of memory: " + reason
@@ -882,7 +896,7 @@ class Controller(Coordination):
                 seen = fl.DISK_TEXT.search(attrs[st.ATTR_STDERR])
                 disk = self.pause.failed_since(fl.RUNS_DIR, started) or (seen.group(0) if seen else None)
             if disk is not None:  # it could not write (checkpoint, logs): not the trial's fault, run it again
-                disk_fault = True
+                disk_fault, bad_input = True, False
                 reason += f" while its run dir was unwritable ({disk}): runs again, not counted as an attempt"
                 attrs[st.ATTR_INTERRUPTED] = True
         elif metric is None:
@@ -903,6 +917,8 @@ class Controller(Coordination):
                 if len(parts) > 1:
                     attrs[st.ATTR_FOLDS] = {str(p.fold): v for p, v in zip(parts, finite, strict=True)}
                     attrs[st.ATTR_FOLD_STD] = statistics.stdev(finite)
+                    best, last = fold_best_last([p.values for p in parts], finite, metric.goal == "maximize")
+                    attrs[st.ATTR_BEST_VALUE], attrs[st.ATTR_LAST_VALUE] = best, last
         if state == TrialState.FAIL:
             attrs[st.ATTR_REASON] = reason
         runner.live.pop(trial._trial_id, None)
@@ -977,6 +993,7 @@ class Controller(Coordination):
             if (
                 rt.attempt < runner.retries + 1
                 and not self.stopping
+                and not bad_input
                 and (rt.stopping != "timeout" or runner.spec.retry_on_timeout)
             ):
                 runner.pending.appendleft((rt.params, rt.attempt + 1))
@@ -987,6 +1004,15 @@ class Controller(Coordination):
                     runner.overrides[rt.point] = {"batch_size": batch // 2}
             else:
                 runner.finished += 1
+                if not self.stopping:  # no retry left: the launch ends with exit code 1 and says why
+                    self.outcome.failures.append(
+                        {
+                            "sweep": runner.spec.name,
+                            "trial": trial.number,
+                            "reason": reason,
+                            "line": _last_line(attrs.get(st.ATTR_STDERR) or ""),
+                        }
+                    )
         self.display.trial_finished(
             runner.spec.name, trial.number, state.name, value, duration, reason, attrs[st.ATTR_EPOCHS]
         )
@@ -1003,3 +1029,42 @@ def _duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def _last_line(text: str) -> str:
+    """The child's last non-empty stderr line (a traceback's last line names the error), shortened."""
+    line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def failure_summary(failures: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct failure (reason and the child's last stderr line), most frequent first:
+    ``3× exit code 3: boom: simulated crash in epoch 1 [crashy: trial(s) 3, 4, 5]``."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in failures:
+        reason = re.sub(r" in fold \d+", "", str(f.get("reason") or "failed"))
+        groups.setdefault((reason, str(f.get("line") or "")), []).append(f)
+    lines = []
+    for (reason, line), members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        where = "; ".join(
+            f"{sweep}: trial(s) {', '.join(str(m['trial']) for m in members if m['sweep'] == sweep)}"
+            for sweep in dict.fromkeys(m["sweep"] for m in members)
+        )
+        lines.append(f"{len(members)}× {reason}" + (f": {line}" if line else "") + f" [{where}]")
+    return lines
+
+
+def fold_best_last(
+    curves: list[dict[int, float]], objectives: list[float], maximize: bool
+) -> tuple[float, float]:
+    """``best`` and ``last`` of a trial run per fold, computed like its value (the mean of the folds'
+    objectives): the mean over folds of each fold's best value — the best of its reported values and its own
+    objective — and of each fold's last reported value (its objective when it reported none). So
+    ``best >= value`` for maximize (``<=`` for minimize), fold by fold and hence on the means."""
+    pick = max if maximize else min
+    bests, lasts = [], []
+    for curve, objective in zip(curves, objectives, strict=True):
+        seen = [v for v in curve.values() if math.isfinite(v)]
+        bests.append(pick([*seen, objective]))
+        lasts.append(curve[max(curve)] if curve else objective)
+    return statistics.fmean(bests), statistics.fmean(lasts)

@@ -25,6 +25,7 @@ ATTR_STDERR = A + "stderr_tail"
 ATTR_EPOCHS = A + "epochs"
 ATTR_BEST_STEP = A + "best_step"
 ATTR_LAST_VALUE = A + "last_value"
+ATTR_BEST_VALUE = A + "best_value"  # folds: mean over folds of each fold's best (the leaderboard's best)
 ATTR_DURATION = A + "duration_s"  # wall time of the trial
 ATTR_GPU_S = A + "slot_s"  # slot time of all its jobs (GPU-seconds when slots are GPUs)
 ATTR_COST = A + "cost_per_hour"  # price per GPU-hour of the host the trial ran on (from the host inventory)

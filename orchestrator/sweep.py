@@ -210,7 +210,7 @@ class SweepRunner:
         self.parent: SweepRunner | None = None
         self.blocked: str | None = None  # why a dependent sweep cannot start (said once)
         self._storage = storage
-        self._checkpoints: list[str] | None = None
+        self._checkpoints: list[dict[int | None, str]] | None = None
         self.leases = leases  # heartbeats: judges controllers on other hosts (None: a journal storage)
         # shared storage: no point twice
         self.claims = open_claims(storage, spec.name, st.controller_id(), leases)
@@ -417,8 +417,10 @@ class SweepRunner:
         self.parent = parent
         self._storage = storage
 
-    def _parent_checkpoints(self) -> list[str]:
-        """Best checkpoints of the parent sweep's completed trials, best first."""
+    def _parent_checkpoints(self) -> list[dict[int | None, str]]:
+        """Best checkpoints of the parent sweep's completed trials, best first: ``{None: path}`` for a trial
+        run whole, ``{fold: path}`` for a trial run per fold (``folds:``; a trial lacking a fold this sweep
+        needs is left out — its other folds' checkpoints trained on that fold's test subjects)."""
         import optuna
         from optuna.trial import TrialState
 
@@ -433,13 +435,20 @@ class SweepRunner:
             if t.value is not None and not t.user_attrs.get(st.ATTR_NO_METRIC)
         ]
         trials.sort(key=lambda t: float(t.value or 0.0), reverse=study.direction.name == "MAXIMIZE")
-        found = []
+        need = set(getattr(self.spec, "folds", None) or ())
+        found: list[dict[int | None, str]] = []
         for t in trials:
             run_dir = Path(str(t.user_attrs.get(st.ATTR_RUN_DIR, "")))
-            candidates = [run_dir / "checkpoint_best.pt", *sorted(run_dir.glob("fold*/checkpoint_best.pt"))]
-            path = next((c for c in candidates if c.is_file()), None)
-            if path is not None:
-                found.append(str(path))
+            if (run_dir / "checkpoint_best.pt").is_file():
+                found.append({None: str(run_dir / "checkpoint_best.pt")})
+                continue
+            folds: dict[int | None, str] = {
+                int(c.parent.name[4:]): str(c)
+                for c in run_dir.glob("fold*/checkpoint_best.pt")
+                if c.parent.name[4:].isdigit()
+            }
+            if folds and need <= set(folds):
+                found.append(folds)
         return found
 
     def dependency_ready(self) -> bool:
@@ -451,18 +460,31 @@ class SweepRunner:
             self._checkpoints = self._parent_checkpoints()
             need = int(self.spec.init_from)
             if len(self._checkpoints) < need:
+                folds = getattr(self.spec, "folds", None)
+                every = f" for each of the folds {list(folds)}" if folds else ""
                 self.blocked = (
                     f"depends on sweep {self.spec.depends_on!r}, which has {len(self._checkpoints)} finished "
-                    f"trial(s) with a checkpoint; init_from needs {need}"
+                    f"trial(s) with a checkpoint{every}; init_from needs {need}"
                 )
         return self.blocked is None
 
-    def init_checkpoint(self, flat: dict[str, Any]) -> str | None:
-        """The checkpoint a fine-tune trial starts from (``init_rank`` picks among the top k)."""
+    def init_checkpoint(self, flat: dict[str, Any], fold: int | None = None) -> str | None:
+        """The checkpoint a fine-tune job starts from (``init_rank`` picks among the top k).
+
+        Leak-free folds: the job of fold k (``fold``, else the trial's ``fold`` parameter) starts from the
+        parent's fold-k checkpoint — the parent that held out the same subjects (``spec/loader._check_chain``
+        refuses chains where no such checkpoint can exist). A parent on another dataset gives its lowest fold."""
         if not getattr(self.spec, "init_from", None) or not self._checkpoints:
             return None
         rank = int(flat.get("init_rank", 1))
-        return self._checkpoints[min(rank, len(self._checkpoints)) - 1]
+        ckpts = self._checkpoints[min(rank, len(self._checkpoints)) - 1]
+        if None in ckpts:
+            return ckpts[None]
+        if fold is None:
+            fold = next((int(v) for k, v in flat.items() if k.rpartition(".")[2] == "fold"), None)
+        if fold in ckpts:
+            return ckpts[fold]
+        return ckpts[min(k for k in ckpts if k is not None)]
 
     # ----- what to run next -----
     def target_reached(self) -> bool:

@@ -112,6 +112,11 @@ def validate_experiments(specs: list[Any]) -> None:
         [{"op": "validate", "experiment": spec.experiment, "params": params} for spec, params in asked]
     )
     for (spec, _), res in zip(asked, results, strict=True):
+        if res.get("ok"):
+            try:
+                _check_weights(res.get("pretrained"))
+            except SpecError as exc:
+                res = {"ok": False, "message": exc.detail, "key": exc.key, "hint": exc.hint}
         if not res.get("ok"):
             key = str(res.get("key") or "")
             raise SpecError(
@@ -133,6 +138,23 @@ def validate_experiments(specs: list[Any]) -> None:
                 key=".".join(filter(None, [_where(spec), "metric", "name"])),
                 hint="it reports: " + ", ".join(reported),
             )
+
+
+def _check_weights(value: Any) -> None:
+    """A weights file a trial starts from (``pretrained: <path>``) must exist on this machine: trials read it
+    here, and remote hosts get their copy from here (``datasync.weight_units``). Relative paths are the
+    children's, from the project root. The parent checkpoint of an ``init_from`` sweep is not made yet."""
+    if not isinstance(value, str) or value.lower() in ("true", "false") or value.startswith("<"):
+        return
+    from orchestrator.datasync import _local
+
+    if not _local(value).is_file():
+        raise SpecError(
+            f"no such weights file: {value}",
+            key="pretrained",
+            hint="the path of a .pt/.pth file on this machine (relative paths start at the project root), "
+            "or pretrained: true for the timm weights",
+        )
 
 
 def _where(spec: Any) -> str:

@@ -105,7 +105,8 @@ def test_failing_child_is_failed_with_stderr_and_retried(tmp_path: Path) -> None
         """,
     )
     proc = run_cli(tmp_path, "launch", str(spec), "--plain")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # trials ended FAILED: not a success (issue 13)
+    assert "2× exit code 3: boom: simulated crash in epoch 1" in proc.stdout
     trials = load_trials(tmp_path, "crashy")
     states = Counter((t.params["fail"], t.state) for t in trials)
     assert states[(False, TrialState.COMPLETE)] == 2
@@ -137,7 +138,8 @@ def test_nan_metric_fails_trial(tmp_path: Path) -> None:
               epochs: {value: 4}
         """,
     )
-    run_cli(tmp_path, "launch", str(spec), "--plain", check=True)
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain")
+    assert proc.returncode == 1 and "non-finite" in proc.stdout
     (t,) = load_trials(tmp_path, "nan")
     assert t.state == TrialState.FAIL
     assert "non-finite" in t.user_attrs["orchestrate.reason"]

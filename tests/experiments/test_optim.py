@@ -165,7 +165,9 @@ def test_swa_keeps_the_running_stats_of_frozen_norms() -> None:
             bn.running_var.fill_(5.0)
     freeze(m, "until:block1")
     cfg = resolve({"swa": True, "epochs": 2, "swa_start": 0})
-    swa = SWA(cfg, m, build_optimizer(cfg, [p for p in m.parameters() if p.requires_grad]))
+    opt = build_optimizer(cfg, [p for p in m.parameters() if p.requires_grad])
+    swa = SWA(cfg, m, opt)
+    opt.step()  # (no gradients: nothing moves) an epoch steps the optimizer before SWA's scheduler
     swa.epoch_end(m)
     batches = [(torch.randn(8, 3, 16, 16), None) for _ in range(3)]
     out = swa.finish(batches, torch.device("cpu"))

@@ -846,6 +846,8 @@ def _serve(requests: IO[str]) -> None:
             _end_group(pid, 2.0)
         os._exit(128 + signum)
 
+    _become_subreaper()
+
     signal.signal(signal.SIGTERM, _forward)
     for line in requests:
         if not line.strip():
@@ -886,20 +888,42 @@ def _serve(requests: IO[str]) -> None:
 
 
 def _end_group(pgid: int, grace: float) -> None:
-    """In a worker: SIGTERM to what is left of a finished trial's process group, SIGKILL after ``grace`` s."""
+    """In a worker: SIGTERM to what is left of a trial's process group, SIGKILL after ``grace`` s. The worker is
+    its trials' subreaper, so what they leave behind is its child: reaped here, never a zombie that looks alive."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
+        _reap()
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        time.sleep(0.05)
+        _reap()
         try:
             os.killpg(pgid, 0)
         except (ProcessLookupError, PermissionError):
             return
+        time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    _reap()
+
+
+def _reap() -> None:
+    """Collect every ended child (leftovers of finished trials adopted by this worker)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _become_subreaper() -> None:
+    """Linux: processes a trial leaves behind are re-parented to this worker (PR_SET_CHILD_SUBREAPER), not to
+    init, so that ``_end_group`` can reap them and see its group empty at once."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

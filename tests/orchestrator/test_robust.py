@@ -172,8 +172,10 @@ def test_unexpected_errors_are_one_line_without_traceback(tmp_path: Path) -> Non
     )
     env = cli_env(tmp_path)
     env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    import optuna
+
     (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "orchestrate.db").write_bytes(b"")
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'runs' / 'orchestrate.db'}")
     for args in (["leaderboard"], ["--debug", "leaderboard"]):
         proc = subprocess.run(
             [sys.executable, "-m", "orchestrator", *args],

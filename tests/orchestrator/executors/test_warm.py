@@ -185,9 +185,8 @@ def test_a_killed_zygote_or_worker_is_replaced(tmp_path: Path, code: Path) -> No
     # the worker dies with its zygote and its trial with it: a failure the controller retries, never a hang
     rc = run.wait([job])[job.key][0]
     assert rc != 0
-    # (its stdout closes a moment before it is a zombie: wait for that moment)
+    # the worker ends its trial's group first, then exits: its pipe may end a moment before it is a zombie
     _wait_until(lambda: not _alive(worker) and not _alive(info["pid"]))
-    assert not _alive(worker) and not _alive(info["pid"])
     # the next trials, on the same slot and on a new one, start a new zygote and run
     done = run.wait([run.submit(a), run.submit(b)])
     assert [v[0] for v in done.values()] == [0, 0]

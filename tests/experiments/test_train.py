@@ -107,7 +107,7 @@ def test_protocol_summary_and_files(gender_run: tuple[RunDir, list[dict[str, Any
     metrics = of(events, "metrics")
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
-        assert set(m["metrics"]) == {"val/loss", "val/acc", "val/f1", "train/loss", "lr"}
+        assert set(m["metrics"]) == {"val/loss", "val/acc", "val/f1", "train/loss", "train/acc", "lr"}
         assert 0.0 <= m["metrics"]["val/acc"] <= 1.0
     (summary,) = of(events, "summary")
     s = summary["metrics"]
@@ -226,7 +226,7 @@ def test_multitask_options_and_pretrained_trunk(
     m = of(events, "metrics")[0]["metrics"]
     assert set(m) == {
         "val/loss", "val/coral_acc", "val/coral_f1", "val/coral_one_off", "val/gender_acc", "val/gender_f1",
-        "val/age_mae", "val/acc", "val/mae", "train/loss", "lr",
+        "val/age_mae", "val/acc", "val/mae", "train/loss", "lr", "train/coral_acc", "train/gender_acc", "train/acc",
     }  # fmt: skip
     s = of(events, "summary")[0]["metrics"]
     assert not [k for k in s if "precision" in k or "recall" in k]  # per-class values go to W&B only

@@ -652,7 +652,9 @@ def _arch_param(table: dict[str, Any]) -> str | None:
 
 
 def _table_html(t: dict[str, Any]) -> str:
-    cols = lb.columns(t)
+    """The page shows the leaderboard's compact columns (cells wrap at spaces); report.md and report.json have
+    every column."""
+    cols = lb.compact_columns(t)
     head = "".join(f"<th>{_e(c.removeprefix('param:'))}</th>" for c in cols)
     body = []
     for r in t["rows"]:
@@ -676,7 +678,7 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;c
 h1{font-size:22px}h2{font-size:18px;border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:36px}
 h3{font-size:15px;margin-top:24px}.note{color:#666;font-size:13px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;overflow-wrap:anywhere;vertical-align:top}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:top}
 td{min-width:3em}.caution{color:#a06000;font-weight:bold}
 th{background:#f4f6f8}td:first-child,th:first-child{text-align:left}
 tr.pruned td{color:#a06000}tr.fail td{color:#c00}tr.running td{color:#07a}
@@ -728,7 +730,12 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
     title = f"Leaderboard (top {top})" + (
         f", mean ± std over {', '.join(board['repeats'])}" if board["aggregated"] else ""
     )
-    h.append(f"<h3>{_e(title)}</h3>" + _table_html(board))
+    h.append(
+        f"<h3>{_e(title)}</h3>"
+        + _table_html(board)
+        + "<p class='note'>every column (best/last epoch, all metrics, duration, GPU-hours, host, W&amp;B run): "
+        + "report.md, report.json, or <code>orchestrate leaderboard --wide</code></p>"
+    )
     m.append(f"### {title}\n\n" + lb.render([board], "markdown").split("\n", 2)[2])
 
     arch = _arch_param(board) if not board.get("group_by") else None

@@ -462,3 +462,24 @@ def test_job_cancelled_while_queued_goes_back_to_the_queue(tmp_path: Path, slurm
     assert t.state == TrialState.COMPLETE and t.user_attrs["orchestrate.attempt"] == 1
     assert t.value == pytest.approx(0.9 * (1 - 0.5**6))
     slurm_cluster.wait_empty()
+
+
+def test_a_job_slurm_refuses_or_would_hold_for_ever_stops_the_launch(
+    tmp_path: Path, slurm_cluster: Cluster
+) -> None:
+    # the sweep's own block (line 17): a time above urgent's 1-hour limit would pend for ever
+    text = RESUME.replace("max_concurrent: 1}", "max_concurrent: 1, partition: urgent}")
+    text += "    slurm: {time: '3:00:00'}\n"
+    spec = _spec(tmp_path, text, slurm_cluster)
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert f"{spec}:17: sweeps[0].slurm: time 3:00:00 is above partition urgent's limit 1:00:00" in err, err
+    assert "orchestrate slurm check" in err
+    spec.write_text(spec.read_text().replace("time: '3:00:00'", "gres: gpu:9"))
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Slurm refuses a trial's job" in " ".join(proc.stderr.split())
+    assert not slurm_cluster.queue() or all(
+        not n.startswith("orch-resume") for _, n, _ in slurm_cluster.queue()
+    )

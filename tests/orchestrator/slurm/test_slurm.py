@@ -261,6 +261,28 @@ def test_sigkilled_controller_leaves_no_job_after_relaunch(tmp_path: Path, slurm
     assert not slurm_cluster.queue()
 
 
+def test_sigkilled_controller_takes_its_jobs_along(tmp_path: Path, slurm_cluster: Cluster) -> None:
+    """SIGKILL with srun alive: srun gets SIGTERM (pdeathsig) and cancels its job, so the queue empties without a
+    relaunch; the relaunch then resumes the trial from its checkpoint."""
+    spec = _spec(tmp_path, RESUME, slurm_cluster)
+    ctl, log = launch(tmp_path, spec, "first.log")
+    try:
+        job_id = until(ctl, log, "running job", running_job(slurm_cluster))
+        until(ctl, log, "checkpoint 3", lambda: checkpoint_at(run_dir_of(tmp_path), 3)())
+        ctl.send_signal(signal.SIGKILL)
+        ctl.wait(timeout=60)
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+    slurm_cluster.wait_empty()  # no relaunch needed for that
+    again = run_cli(tmp_path, "launch", str(spec), "--plain", check=True, timeout=SAFETY_S)
+    assert "cancelled slurm job" not in again.stdout  # nothing was left to cancel
+    assert "resumed from its checkpoint after epoch 3" in again.stdout, again.stdout
+    done = [t for t in load_trials(tmp_path, "resume") if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].user_attrs["orchestrate.remote"]["pid"] != job_id
+    slurm_cluster.wait_empty()
+
+
 def test_slurm_check_reports_the_cluster(tmp_path: Path, slurm_cluster: Cluster) -> None:
     spec = _spec(tmp_path, RESUME, slurm_cluster)
     proc = run_cli(tmp_path, "slurm", "check", str(spec), "--format", "json", check=True)

@@ -176,7 +176,12 @@ class SlurmExecutor(Executor):
         assert proc.stdout is not None
         for raw in iter(proc.stdout.readline, b""):
             event = protocol.parse_line(raw.decode("utf-8", "replace"))
-            if event is not None and event.get("event") == protocol.EVENT_INFO and "slurm_job_id" in event:
+            if (
+                event is not None
+                and event.get("event") == protocol.EVENT_INFO
+                and "slurm_job_id" in event
+                and job.key not in self._ids
+            ):  # the wrapper's first line (a trial saying the same later is only logged)
                 self._started(job, event)
                 continue
             with contextlib.suppress(OSError):  # a full disk loses log lines, never the events

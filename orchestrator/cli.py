@@ -271,7 +271,7 @@ def _launch(
     if slots_spec == "slurm":
         from orchestrator.executors.slurm import launch_setup
 
-        opts.slots, opts.slurm = launch_setup(defaults, specs)
+        opts.slots, opts.slurm = launch_setup(defaults, specs, file)
         opts.executor = "slurm"
     elif getattr(defaults, "hosts", None):  # remote boxes: their slots too, local ones here, remote over ssh
         from orchestrator.hosts import inventory_slots

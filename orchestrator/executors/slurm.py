@@ -35,6 +35,7 @@ from typing import Any
 
 from orchestrator import protocol
 from orchestrator import slurm as sl
+from orchestrator.errors import UsageError
 from orchestrator.executors._base import Executor, Job
 from orchestrator.executors.local import _dies_with_parent
 from orchestrator.slots import Slot
@@ -175,7 +176,12 @@ class SlurmExecutor(Executor):
         assert proc.stdout is not None
         for raw in iter(proc.stdout.readline, b""):
             event = protocol.parse_line(raw.decode("utf-8", "replace"))
-            if event is not None and event.get("event") == protocol.EVENT_INFO and "slurm_job_id" in event:
+            if (
+                event is not None
+                and event.get("event") == protocol.EVENT_INFO
+                and "slurm_job_id" in event
+                and job.key not in self._ids
+            ):  # the wrapper's first line (a trial saying the same later is only logged)
                 self._started(job, event)
                 continue
             with contextlib.suppress(OSError):  # a full disk loses log lines, never the events
@@ -345,9 +351,27 @@ class SlurmExecutor(Executor):
                     proc.terminate()
 
 
-def launch_setup(defaults: Any, sweeps: Sequence[Any]) -> tuple[list[Slot], dict[str, SlurmSpec]]:
-    """``slots: slurm``: the launch's slots and its slurm blocks (sweep name → block; ``""``: the defaults')."""
+def launch_setup(
+    defaults: Any, sweeps: Sequence[Any], file: Any = "the sweep file"
+) -> tuple[list[Slot], dict[str, SlurmSpec]]:
+    """``slots: slurm``: the launch's slots and its slurm blocks (sweep name → block; ``""``: the defaults').
+
+    Each distinct block is checked first (``orchestrate slurm check``'s reading of sinfo, and Slurm's own
+    ``srun --test-only``): a job Slurm refuses, or would keep pending for ever (a time limit above the
+    partition's), stops the launch with exit code 2 instead of trials that fail or wait without end."""
     sl.require()
     base = getattr(defaults, "slurm", None) or SlurmSpec()
     specs = {"": base, **{s.name: (getattr(s, "slurm", None) or base) for s in sweeps}}
+    where: dict[SlurmSpec, str] = {}  # each distinct block a sweep uses → the key it was written under
+    for i, s in enumerate(sweeps):
+        own = getattr(s, "slurm", None) is not None and s.slurm != base
+        where.setdefault(specs[s.name], f"{s.key or f'sweeps[{i}]'}.slurm" if own else "defaults.slurm")
+    for spec, key in where.items():
+        problems = sl.check(spec, srun_args(spec))["problems"]
+        if problems:
+            line = f":{spec.line}" if spec.line else ""
+            raise UsageError(
+                f"{file}{line}: {key}: " + "; ".join(problems),
+                hint=f"change the slurm: block (see `orchestrate slurm check {file}`)",
+            )
     return slots(base), specs

@@ -154,11 +154,11 @@ def test_grid_with_pruning_runs_each_point_once_as_one_job(tmp_path: Path, slurm
         run_dir = run_dir if run_dir.is_absolute() else tmp_path / run_dir
         assert where["run_dir"] == str(run_dir.resolve())
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        assert len(t.intermediate_values) <= len(lines) <= len(t.intermediate_values) + 1
         if t.state == TrialState.COMPLETE:
-            assert len(lines) == 6 and t.value == pytest.approx(t.params["quality"] * (1 - 0.5**6))
-        else:
-            assert len(lines) < 6
+            assert len(lines) == len(t.intermediate_values) == 6
+            assert t.value == pytest.approx(t.params["quality"] * (1 - 0.5**6))
+        else:  # the decision came before its last epoch; the job may train on while scancel's SIGTERM travels
+            assert len(t.intermediate_values) < 6 and len(lines) >= len(t.intermediate_values)
         stderr = (run_dir / "stderr.log").read_text()
         assert f"slurm job {where['pid']} (orch-curve-grid-" in stderr
     assert len(job_ids) == 6  # one Slurm job per trial, each once
@@ -259,6 +259,28 @@ def test_sigkilled_controller_leaves_no_job_after_relaunch(tmp_path: Path, slurm
     assert done[0].user_attrs["orchestrate.remote"]["pid"] != job_id
     slurm_cluster.wait_empty()
     assert not slurm_cluster.queue()
+
+
+def test_sigkilled_controller_takes_its_jobs_along(tmp_path: Path, slurm_cluster: Cluster) -> None:
+    """SIGKILL with srun alive: srun gets SIGTERM (pdeathsig) and cancels its job, so the queue empties without a
+    relaunch; the relaunch then resumes the trial from its checkpoint."""
+    spec = _spec(tmp_path, RESUME, slurm_cluster)
+    ctl, log = launch(tmp_path, spec, "first.log")
+    try:
+        job_id = until(ctl, log, "running job", running_job(slurm_cluster))
+        until(ctl, log, "checkpoint 3", lambda: checkpoint_at(run_dir_of(tmp_path), 3)())
+        ctl.send_signal(signal.SIGKILL)
+        ctl.wait(timeout=60)
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+    slurm_cluster.wait_empty()  # no relaunch needed for that
+    again = run_cli(tmp_path, "launch", str(spec), "--plain", check=True, timeout=SAFETY_S)
+    assert "cancelled slurm job" not in again.stdout  # nothing was left to cancel
+    assert "resumed from its checkpoint after epoch 3" in again.stdout, again.stdout
+    done = [t for t in load_trials(tmp_path, "resume") if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].user_attrs["orchestrate.remote"]["pid"] != job_id
+    slurm_cluster.wait_empty()
 
 
 def test_slurm_check_reports_the_cluster(tmp_path: Path, slurm_cluster: Cluster) -> None:
@@ -461,4 +483,42 @@ def test_job_cancelled_while_queued_goes_back_to_the_queue(tmp_path: Path, slurm
     (t,) = load_trials(tmp_path, "resume")
     assert t.state == TrialState.COMPLETE and t.user_attrs["orchestrate.attempt"] == 1
     assert t.value == pytest.approx(0.9 * (1 - 0.5**6))
+    slurm_cluster.wait_empty()
+
+
+def test_a_job_slurm_refuses_or_would_hold_for_ever_stops_the_launch(
+    tmp_path: Path, slurm_cluster: Cluster
+) -> None:
+    # the sweep's own block (line 17): a time above urgent's 1-hour limit would pend for ever
+    text = RESUME.replace("max_concurrent: 1}", "max_concurrent: 1, partition: urgent}")
+    text += "    slurm: {time: '3:00:00'}\n"
+    spec = _spec(tmp_path, text, slurm_cluster)
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert f"{spec}:17: sweeps[0].slurm: time 3:00:00 is above partition urgent's limit 1:00:00" in err, err
+    assert "orchestrate slurm check" in err
+    spec.write_text(spec.read_text().replace("time: '3:00:00'", "gres: gpu:9"))
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Slurm refuses a trial's job" in " ".join(proc.stderr.split())
+    assert not slurm_cluster.queue() or all(
+        not n.startswith("orch-resume") for _, n, _ in slurm_cluster.queue()
+    )
+
+
+def test_a_crashing_trial_is_a_failure_not_a_lost_job(tmp_path: Path, slurm_cluster: Cluster) -> None:
+    text = GRID.replace("@CURVE@", str(CURVE)).replace("retries: 0", "retries: 1")
+    text = text.replace("quality: {values: [1.0, 0.9, 0.2, 0.1, 0.15, 0.98]}", "fail: {value: true}")
+    spec = _spec(tmp_path, text, slurm_cluster)
+    proc = run_cli(tmp_path, "launch", str(spec), "--plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "goes back to the queue" not in proc.stdout
+    trials = load_trials(tmp_path, "curve-grid")
+    # the point ran twice (retries: 1), each a failed trial with the job's stderr kept
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    for t in trials:
+        run_dir = Path(t.user_attrs["orchestrate.run_dir"])
+        run_dir = run_dir if run_dir.is_absolute() else tmp_path / run_dir
+        assert "boom: simulated crash in epoch 1" in (run_dir / "stderr.log").read_text()
     slurm_cluster.wait_empty()

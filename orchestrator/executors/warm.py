@@ -204,9 +204,14 @@ def render_zygotes(found: list[dict[str, Any]]) -> str:
     lines = []
     for z in found:
         age = time.time() - float(z.get("started", time.time()))
-        env = " ".join(f"{k}={v}" for k, v in sorted((z.get("env") or {}).items()))
+        shown = dict(z.get("env") or {})
+        controller = str(shown.get("ORCHESTRATE_PRELOAD", "")).startswith("orchestrator.cli,")
+        if controller:
+            shown.pop("ORCHESTRATE_PRELOAD")  # the front's list (orchestrator/front.py)
+        env = " ".join(f"{k}={v}" for k, v in sorted(shown.items()))
         lines.append(
-            f"zygote {z['name']}: pid {z.get('pid')}, up {age:.0f} s, idle {z.get('idle_s')} s"
+            f"zygote {z['name']} ({'controller' if controller else 'trials'}): pid {z.get('pid')},"
+            f" up {age:.0f} s, idle {z.get('idle_s')} s"
             f" (leaves at {z.get('idle_exit_s'):.0f}), running {z.get('running')}, served {z.get('served')};"
             f" {z.get('python')} in {z.get('cwd')}, code {str(z.get('version'))[:12]}"
             + (f", {env}" if env else "")

@@ -504,7 +504,7 @@ class WarmExecutor(Executor):
                     conn.close()
                     os.close(out_r)
                     raise OSError("the zygote daemon did not fork the trial")
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the trial still runs (fresh)
             with contextlib.suppress(OSError):
                 os.write(
                     err, f"orchestrate: no zygote ({exc}); starting the trial as a new process\n".encode()
@@ -514,7 +514,12 @@ class WarmExecutor(Executor):
         if trial is None:
             with handle.lock:
                 grace = handle.stop_grace
-                self.fresh.submit(job, env, cwd)  # its handle is now the Popen: stops go there
+                try:
+                    self.fresh.submit(job, env, cwd)  # its handle is now the Popen: stops go there
+                except OSError:  # its run dir went away meanwhile: a failed start, never a hang
+                    job.ended = time.time()
+                    self.events.put(("exit", job, 127))
+                    return
             if grace is not None:
                 self.fresh.stop(job, grace)
             return
@@ -523,18 +528,23 @@ class WarmExecutor(Executor):
             grace = handle.stop_grace
         if grace is not None:
             self._stop_kept(handle, grace)
-        log = open(job.run_dir.stdout_log, "ab")  # noqa: SIM115 - closed below
+        log: IO[bytes] | None = None
+        with contextlib.suppress(OSError):
+            log = open(job.run_dir.stdout_log, "ab")  # noqa: SIM115 - closed below
         with os.fdopen(out_r, "rb") as out:
             for raw in iter(out.readline, b""):
-                with contextlib.suppress(OSError):
-                    log.write(raw)
+                if log is not None:  # a full disk loses log lines, never the events
+                    with contextlib.suppress(OSError):
+                        log.write(raw)
                 event = protocol.parse_line(raw.decode("utf-8", "replace"))
                 if event is not None:
-                    with contextlib.suppress(OSError):
-                        log.flush()
+                    if log is not None:
+                        with contextlib.suppress(OSError):
+                            log.flush()
                     self.events.put(("event", job, event))
-        with contextlib.suppress(OSError):
-            log.close()
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()
         rc = trial.wait()
         with handle.lock:
             handle.ended = True

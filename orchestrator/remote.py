@@ -90,6 +90,7 @@ IDLE_S = 600.0
 VERSION_CHECK_S = 1.0  # how often a daemon checks its code is still the code here (x5 for a local one's hash)
 MAX_MESSAGE = 4 << 20
 SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path is 108 with the terminating NUL)
+_HOME: list[str] = []  # a daemon's directory when it started (sys.path[0]); it may be removed since
 
 
 def _start_ticks(pid: int) -> str:
@@ -436,9 +437,11 @@ def zygote_main(folder: Path, name: str, local: bool = False) -> int:
         return 0  # another launcher started it first
     from orchestrator.executors import warm  # torch and the rest: in this process only
 
-    def version_of() -> str:
-        cwd = os.getcwd()
-        return warm.code_version(cwd, os.environ) if local else _code_version(cwd)
+    home = os.getcwd()
+    _HOME[:] = [home]
+
+    def version_of() -> str:  # (a removed directory finds no packages there: another version, if it had any)
+        return warm.code_version(home, os.environ) if local else _code_version(home)
 
     version = version_of()  # before the imports: a change while they run is seen at the first check
     preload = [n.strip() for n in os.environ.get("ORCHESTRATE_PRELOAD", "").split(",") if n.strip()]
@@ -538,7 +541,7 @@ class _Daemon:
             "running": len(self.children),
             "served": self.served,
             "python": sys.executable,
-            "cwd": os.getcwd(),
+            "cwd": _HOME[0] if _HOME else "",
             "version": self.version,
             "env": {k: os.environ[k] for k in ZYGOTE_ENV + ZYGOTE_SETTINGS if k in os.environ},
             "idle_exit_s": self.idle,
@@ -675,9 +678,8 @@ def _trial(req: dict[str, Any], fds: list[int], ready: int, close: list[Any]) ->
         os.set_inheritable(life, False)
         os.environ.clear()
         os.environ.update(req["env"])
-        here = os.getcwd()
         os.chdir(req["cwd"])
-        if sys.path and sys.path[0] == here:  # `python -m` looks in the trial's directory, not the daemon's
+        if sys.path and sys.path[0] in _HOME:  # `python -m` looks in the trial's directory, not the daemon's
             sys.path[0] = os.getcwd()
         grace = float(req.get("grace", 10))
         threading.Thread(target=_lifeline, args=(life, grace), daemon=True, name="lifeline").start()

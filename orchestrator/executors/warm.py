@@ -210,9 +210,14 @@ def render_zygotes(found: list[dict[str, Any]]) -> str:
     lines = []
     for z in found:
         age = time.time() - float(z.get("started", time.time()))
-        env = " ".join(f"{k}={v}" for k, v in sorted((z.get("env") or {}).items()))
+        shown = dict(z.get("env") or {})
+        controller = str(shown.get("ORCHESTRATE_PRELOAD", "")).startswith("orchestrator.cli,")
+        if controller:
+            shown.pop("ORCHESTRATE_PRELOAD")  # the front's list (orchestrator/front.py)
+        env = " ".join(f"{k}={v}" for k, v in sorted(shown.items()))
         lines.append(
-            f"zygote {z['name']}: pid {z.get('pid')}, up {age:.0f} s, idle {z.get('idle_s')} s"
+            f"zygote {z['name']} ({'controller' if controller else 'trials'}): pid {z.get('pid')},"
+            f" up {age:.0f} s, idle {z.get('idle_s')} s"
             f" (leaves at {z.get('idle_exit_s'):.0f}), running {z.get('running')}, served {z.get('served')};"
             f" {z.get('python')} in {z.get('cwd')}, code {str(z.get('version'))[:12]}"
             + (f", {env}" if env else "")
@@ -505,7 +510,7 @@ class WarmExecutor(Executor):
                     conn.close()
                     os.close(out_r)
                     raise OSError("the zygote daemon did not fork the trial")
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the trial still runs (fresh)
             with contextlib.suppress(OSError):
                 os.write(
                     err, f"orchestrate: no zygote ({exc}); starting the trial as a new process\n".encode()
@@ -515,7 +520,12 @@ class WarmExecutor(Executor):
         if trial is None:
             with handle.lock:
                 grace = handle.stop_grace
-                self.fresh.submit(job, env, cwd)  # its handle is now the Popen: stops go there
+                try:
+                    self.fresh.submit(job, env, cwd)  # its handle is now the Popen: stops go there
+                except OSError:  # its run dir went away meanwhile: a failed start, never a hang
+                    job.ended = time.time()
+                    self.events.put(("exit", job, 127))
+                    return
             if grace is not None:
                 self.fresh.stop(job, grace)
             return
@@ -524,18 +534,23 @@ class WarmExecutor(Executor):
             grace = handle.stop_grace
         if grace is not None:
             self._stop_kept(handle, grace)
-        log = open(job.run_dir.stdout_log, "ab")  # noqa: SIM115 - closed below
+        log: IO[bytes] | None = None
+        with contextlib.suppress(OSError):
+            log = open(job.run_dir.stdout_log, "ab")  # noqa: SIM115 - closed below
         with os.fdopen(out_r, "rb") as out:
             for raw in iter(out.readline, b""):
-                with contextlib.suppress(OSError):
-                    log.write(raw)
+                if log is not None:  # a full disk loses log lines, never the events
+                    with contextlib.suppress(OSError):
+                        log.write(raw)
                 event = protocol.parse_line(raw.decode("utf-8", "replace"))
                 if event is not None:
-                    with contextlib.suppress(OSError):
-                        log.flush()
+                    if log is not None:
+                        with contextlib.suppress(OSError):
+                            log.flush()
                     self.events.put(("event", job, event))
-        with contextlib.suppress(OSError):
-            log.close()
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()
         rc = trial.wait()
         with handle.lock:
             handle.ended = True

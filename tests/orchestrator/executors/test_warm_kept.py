@@ -132,7 +132,9 @@ def _listening(folder: Path) -> list[str]:
 
 def test_a_second_launch_reuses_the_zygote_and_status_shows_it(tmp_path: Path, code: Path, rt: Path) -> None:
     # two launches starting at once: each finds no daemon and may start one; the lock keeps one
-    first, other = Launch(tmp_path, code), Launch(tmp_path, code)
+    gone = tmp_path / "gone"  # their directory, removed before the next launch
+    gone.mkdir()
+    first, other = Launch(tmp_path, code, cwd=gone), Launch(tmp_path, code, cwd=gone)
     results: list[Any] = []
     threads = [threading.Thread(target=lambda la=la: results.extend(la.run(2))) for la in (first, other)]
     for t in threads:
@@ -140,13 +142,14 @@ def test_a_second_launch_reuses_the_zygote_and_status_shows_it(tmp_path: Path, c
     for t in threads:
         t.join()
     assert [rc for rc, _ in results] == [0, 0, 0, 0]
-    assert all(info["preloaded"] and info["cwd"] == str(tmp_path) for _, info in results)
+    assert all(info["preloaded"] and info["cwd"] == str(gone) for _, info in results)
     assert sorted(info["slot_gpu"] for _, info in results) == ["0", "0", "1", "1"]
     daemon = {info["ppid"] for _, info in results}
     assert len(daemon) == 1 and len(_imports(tmp_path)) == 1
     (pid,) = daemon
     first.ex.close()
     other.ex.close()
+    shutil.rmtree(gone)
     # the next launch, from another directory whose module only it has: no import, the same daemon forks it
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -155,10 +158,10 @@ def test_a_second_launch_reuses_the_zygote_and_status_shows_it(tmp_path: Path, c
     assert again[0][0] == 0 and again[0][1]["ppid"] == pid and len(_imports(tmp_path)) == 1
     assert again[0][1]["cwd"] == str(elsewhere) and again[0][1]["preloaded"]
     (z,) = zygotes(rt)
-    assert z["pid"] == pid and z["served"] == 5 and z["running"] == 0 and z["cwd"] == str(tmp_path)
+    assert z["pid"] == pid and z["served"] == 5 and z["running"] == 0 and z["cwd"] == str(gone)
     assert z["python"] == sys.executable and z["env"]["ORCHESTRATE_PRELOAD"] == "warmprobe"
     assert z["idle_exit_s"] == 120
-    assert f"pid {pid}," in render_zygotes([z])
+    assert f"zygote {z['name']} (trials): pid {pid}," in render_zygotes([z])
 
 
 def test_changed_code_gets_a_new_zygote_and_the_stale_one_leaves(
@@ -281,9 +284,10 @@ def test_two_real_launches_share_one_zygote_and_status_lists_it(tmp_path: Path, 
         cli("launch", str(tmp_path / f"{name}.yaml"), "--plain")
         assert sorted(t.value for t in load_trials(tmp_path, name)) == [0.375, 0.75]  # q * (1 - 0.5**2)
     report = json.loads(cli("status", "--format", "json"))
-    (z,) = report["zygotes"]
+    # (the launches' own controller zygote, orchestrator/front.py, is listed too)
+    (z,) = [z for z in report["zygotes"] if z["env"]["ORCHESTRATE_PRELOAD"] == "json"]
     assert z["served"] == 4 and z["cwd"] == str(tmp_path) and z["env"]["ORCHESTRATE_PRELOAD"] == "json"
-    assert f"zygote {z['name']}: pid {z['pid']}," in cli("status")
+    assert f"zygote {z['name']} (trials): pid {z['pid']}," in cli("status")
 
 
 CURVE_SWEEP = """

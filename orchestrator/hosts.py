@@ -16,6 +16,7 @@ same code version (a hash of those files, kept in ``<workdir>/.orchestrate/code_
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -201,22 +202,72 @@ def inventory_slots(hosts: Sequence[HostSpec], ctl: Path | None = None) -> tuple
 
 # ----------------------------------------------------------------------------------------- code sync
 def code_files(root: Path = PROJECT_ROOT) -> list[str]:
-    """The project's files: tracked plus untracked-but-not-ignored (``git ls-files``), that exist."""
+    """The project's files: tracked plus untracked-but-not-ignored (``git ls-files``), that exist.
+
+    Outside a git checkout (an unpacked archive, a copy) the tree is walked instead and the project's
+    ``.gitignore`` is honoured, plus hidden entries (``.venv``, caches) which are never code.
+    """
+    if (root / ".git").exists():
+        try:
+            out = subprocess.run(
+                ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                cwd=root,
+                capture_output=True,
+                check=True,
+                timeout=60,
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise RunError(
+                f"cannot list the project's files in {root} (git ls-files): {exc}",
+                hint="install git, or run the controller from a copy without .git (its tree is walked)",
+            ) from exc
+        names = sorted({n for n in out.decode("utf-8", "surrogateescape").split("\0") if n})
+        return [n for n in names if (root / n).is_file()]
+    return _walk_files(root)
+
+
+def _ignore_rules(root: Path) -> list[tuple[str, bool, bool]]:
+    """(pattern, anchored, directories only) for each line of ``root/.gitignore`` (negations are not used)."""
     try:
-        out = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=root,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RunError(
-            f"cannot list the project's files in {root} (git ls-files): {exc}",
-            hint="remote hosts need the controller to run from a git checkout",
-        ) from exc
-    names = sorted({n for n in out.decode("utf-8", "surrogateescape").split("\0") if n})
-    return [n for n in names if (root / n).is_file()]
+        lines = (root / ".gitignore").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    rules = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        dir_only = line.endswith("/")
+        line = line.rstrip("/")
+        anchored = "/" in line
+        rules.append((line.lstrip("/"), anchored, dir_only))
+    return rules
+
+
+def _ignored(rel: str, is_dir: bool, rules: Sequence[tuple[str, bool, bool]]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    if name.startswith("."):
+        return True
+    for pattern, anchored, dir_only in rules:
+        if dir_only and not is_dir:
+            continue
+        if fnmatch.fnmatchcase(rel if anchored else name, pattern):
+            return True
+    return False
+
+
+def _walk_files(root: Path) -> list[str]:
+    rules = _ignore_rules(root)
+    out: list[str] = []
+    for top, dirs, files in os.walk(root):
+        rel_top = os.path.relpath(top, root)
+        prefix = "" if rel_top == "." else rel_top.replace(os.sep, "/") + "/"
+        dirs[:] = sorted(d for d in dirs if not _ignored(prefix + d, True, rules))
+        for f in files:
+            rel = prefix + f
+            if not _ignored(rel, False, rules) and os.path.isfile(os.path.join(top, f)):
+                out.append(rel)
+    return sorted(out)
 
 
 def code_version(root: Path = PROJECT_ROOT, files: Sequence[str] | None = None) -> str:

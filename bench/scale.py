@@ -26,12 +26,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import protocol  # noqa: E402
 from orchestrator.executors._base import Executor, Job  # noqa: E402
 from orchestrator.live import PlainDisplay  # noqa: E402
 from orchestrator.scheduler import Controller, LaunchOptions  # noqa: E402
 from orchestrator.slots import parse_slots  # noqa: E402
 from orchestrator.spec import load_sweeps  # noqa: E402
+from orchestrator.trial import protocol  # noqa: E402
 
 TARGET_MS_PER_EVENT = 5.0
 

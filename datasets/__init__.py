@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets.base import FaceDataset, cache_dir, label_counts
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 DATASETS = ("adience", "celeba", "utkface")
 

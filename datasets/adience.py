@@ -50,7 +50,7 @@ from datasets.base import (
 from datasets.base import (
     check_images as _check_images,
 )
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 AGE_GROUPS = ["(0, 2)", "(4, 6)", "(8, 12)", "(15, 20)", "(25, 32)", "(38, 43)", "(48, 53)", "(60, 100)"]
 AGE_BOUNDS = [(0, 2), (4, 6), (8, 12), (15, 20), (25, 32), (38, 43), (48, 53), (60, 100)]

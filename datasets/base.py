@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 GENDER_CLASSES = ["male", "female"]
 ETHNICITY_CLASSES = ["White", "Black", "Asian", "Indian", "Others"]

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.base import FaceDataset, cache_dir, file_lock
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 CACHE_VERSION = 1
 

@@ -39,7 +39,7 @@ from datasets.base import (
     stratified_split,
 )
 from datasets.base import check_images as _check_images
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 NUM_ATTRS = 40
 PARTITION_RANGES = {0: (1, 162770), 1: (162771, 182637), 2: (182638, 202599)}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from datasets.base import CORE_TASKS, label_counts
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 
 def _jsonable(v: Any) -> Any:

@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.base import cache_dir, file_lock, line_ending, read_lines
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 GENERATOR_VERSION = 1
 TONES = np.array([0.82, 0.18, 0.68, 0.42, 0.55])  # skin brightness per UTKFace race 0..4

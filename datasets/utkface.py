@@ -31,7 +31,7 @@ import numpy as np
 
 from datasets.base import ETHNICITY_CLASSES, GENDER_CLASSES, FaceDataset, require_root, stratified_split
 from datasets.base import check_images as _check_images
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 NAME_RE = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d{17})\.jpg(\.chip\.jpg)?$")
 

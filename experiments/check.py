@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from experiments import config
-from orchestrator.errors import SpecError
+from orchestrator.trial.errors import SpecError
 
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:

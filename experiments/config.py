@@ -2,7 +2,7 @@
 
 A sweep file holds only the changes; the resolved config is ``TrainConfig()`` defaults + the trial's params.
 Keys are flat (``lr``, ``batch_size``, ``backbone``, ``dataset``, ``fold``, ``task`` …) so sweep files read
-naturally. Unknown keys and wrong types raise ``orchestrator.errors.SpecError`` naming the key, with a
+naturally. Unknown keys and wrong types raise ``orchestrator.trial.errors.SpecError`` naming the key, with a
 close-match suggestion.
 
 This module must not import torch (nor numpy): the controller imports it to validate sweep parameters during
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from orchestrator.errors import SpecError
+from orchestrator.trial.errors import SpecError
 
 TASKS = ("gender", "age_group", "age", "ethnicity", "multitask", "coral")
 SINGLE_TASKS = ("gender", "age_group", "age", "ethnicity", "coral")

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from experiments import config as config_mod
-from orchestrator import protocol
-from orchestrator.errors import OrchestrateError
-from orchestrator.rundir import RunDir, atomic_write_json
+from orchestrator.trial import protocol
+from orchestrator.trial.errors import OrchestrateError
+from orchestrator.trial.rundir import RunDir, atomic_write_json
 
 # ---------------------------------------------------------------------------------------------------------
 # the trial and its config (checked before the heavy imports, so bad input fails at once with exit code 2)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.errors import OrchestrateError, UsageError
+from orchestrator.trial.errors import OrchestrateError, UsageError
 
 app = typer.Typer(
     name="orchestrate",
@@ -567,7 +567,7 @@ def datasets_synth(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write synthetic face images in a dataset's real on-disk layout."""
-    from orchestrator.rundir import with_project_on_path
+    from orchestrator.trial.rundir import with_project_on_path
 
     with_project_on_path()
     try:
@@ -589,7 +589,7 @@ def datasets_check(
     ] = True,
 ) -> None:
     """Counts per split/fold and label, and every problem found (undecodable images: training drops them)."""
-    from orchestrator.rundir import with_project_on_path
+    from orchestrator.trial.rundir import with_project_on_path
 
     with_project_on_path()
     try:

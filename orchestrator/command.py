@@ -29,9 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import SpecError
 from orchestrator.spec.loader import ENVVAR
 from orchestrator.spec.model import SweepSpec
+from orchestrator.trial.errors import SpecError
 
 __all__ = ["DEFAULT_COMMAND", "build_command", "format_args", "format_value", "expand_envvars"]
 

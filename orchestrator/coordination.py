@@ -14,8 +14,9 @@ from collections import deque
 from typing import Any
 
 from orchestrator import faults as fl
+from orchestrator import optuna_compat as oc
 from orchestrator import storage as st
-from orchestrator.errors import RunError
+from orchestrator.trial.errors import RunError
 
 
 class _TakenOver(RunError):
@@ -122,7 +123,7 @@ class Coordination:
             gone = [
                 rt
                 for rt in self.trials.values()
-                if rt.sweep.study._storage.get_trial(rt.trial._trial_id).state != TrialState.RUNNING
+                if oc.storage(rt.sweep.study).get_trial(oc.trial_id(rt.trial)).state != TrialState.RUNNING
             ]
         except Exception:  # the database is away again: look at the next watch
             return

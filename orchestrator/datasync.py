@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import RunError
-from orchestrator.rundir import PROJECT_ROOT
 from orchestrator.spec.model import HostSpec
+from orchestrator.trial.errors import RunError
+from orchestrator.trial.rundir import PROJECT_ROOT
 
 DATA_DIR = "data"  # under the host's <workdir>/.orchestrate
 MANIFEST_SUFFIX = ".manifest"

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from orchestrator import storage as st
-from orchestrator.errors import UsageError
+from orchestrator.trial.errors import UsageError
 
 #: the parts of a sweep's description that decide which points its study holds and what they mean
 SEARCH_KEYS = (

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import RunError
-from orchestrator.rundir import PROJECT_ROOT
 from orchestrator.slots import Slot
 from orchestrator.spec.model import HostSpec
+from orchestrator.trial.errors import RunError
+from orchestrator.trial.rundir import PROJECT_ROOT
 
 STATE_DIR = ".orchestrate"  # under the host's workdir: code_version, runs/, cache/
 #: placeholder for the remote workdir in paths sent to the remote launcher (it knows its absolute cwd)

@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import storage as st
-from orchestrator.errors import UsageError
 from orchestrator.faults import mask_url
+from orchestrator.trial.errors import UsageError
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3, "WAITING": 4}
 SECONDARY = (

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.errors import SpecError
 from orchestrator.spec.model import PRUNER_TYPES
+from orchestrator.trial.errors import SpecError
 
 
 def get_pruner(spec: Any | None, *, where: str | None = None) -> Any:

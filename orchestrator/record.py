@@ -8,8 +8,9 @@ import math
 import statistics
 from typing import Any
 
-from orchestrator import protocol
+from orchestrator import optuna_compat as oc
 from orchestrator import storage as st
+from orchestrator.trial import protocol
 
 
 def _write_metrics(part: Any) -> None:
@@ -35,13 +36,13 @@ def _recorder(
     tries = [0]
 
     def record() -> None:
-        storage = runner.study._storage
-        stored = trial._cached_frozen_trial.intermediate_values
+        storage = oc.storage(runner.study)
+        stored = oc.frozen(trial).intermediate_values
         tries[0] += 1
         if tries[0] > 1:  # a retry: the storage may have taken it before the connection dropped
-            frozen = storage.get_trial(trial._trial_id)
+            frozen = storage.get_trial(oc.trial_id(trial))
             if frozen.state.is_finished():
-                runner.unrecorded.discard(trial._trial_id)
+                runner.unrecorded.discard(oc.trial_id(trial))
                 if frozen.state == state and (state != TrialState.COMPLETE or frozen.value == value):
                     return  # ours
                 raise optuna.exceptions.UpdateFinishedTrialError(
@@ -49,17 +50,17 @@ def _recorder(
                 )
             stored = frozen.intermediate_values
         for step in sorted(set(curve) - set(stored)):  # what it missed while paused
-            storage.set_trial_intermediate_value(trial._trial_id, step, curve[step])
-            trial._cached_frozen_trial.intermediate_values[step] = curve[step]
+            storage.set_trial_intermediate_value(oc.trial_id(trial), step, curve[step])
+            oc.frozen(trial).intermediate_values[step] = curve[step]
         st.set_user_attrs(trial, attrs)
         if state == TrialState.COMPLETE:
             runner.study.tell(trial, value)
         else:
             runner.study.tell(trial, state=state)
-        runner.unrecorded.discard(trial._trial_id)
+        runner.unrecorded.discard(oc.trial_id(trial))
         if runner.prune_view is not None:
             with contextlib.suppress(Exception):  # the view refreshes from the storage anyway
-                runner.prune_view.add_finished(storage.get_trial(trial._trial_id))
+                runner.prune_view.add_finished(storage.get_trial(oc.trial_id(trial)))
 
     return record
 
@@ -70,7 +71,7 @@ def _never_ran(runner: Any, trial_id: int) -> Any:
     def mark() -> None:
         from optuna.trial import TrialState
 
-        storage = runner.study._storage
+        storage = oc.storage(runner.study)
         if storage.get_trial(trial_id).state.is_finished():
             return
         storage.set_trial_user_attr(trial_id, st.ATTR_INTERRUPTED, True)

@@ -45,7 +45,7 @@ its trials ended. A connection that sends ``{"status": 1}`` (no descriptors) get
 The controller's own warm zygote is this daemon too, run with ``--local`` (orchestrator/executors/warm.py): its
 code version is then a hash of the sources and packages it preloads, checked every 5 s.
 
-Standard library only (plus orchestrator.protocol): this runs on boxes before anything else is checked.
+Standard library only (plus orchestrator.trial.protocol): this runs on boxes before anything else is checked.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import protocol
+from orchestrator.trial import protocol
 
 WORKDIR_TOKEN = "@@ORCHESTRATE_WORKDIR@@"
 PID_FILE = "remote.pid"

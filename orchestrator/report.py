@@ -34,7 +34,7 @@ from typing import Any
 from orchestrator import leaderboard as lb
 from orchestrator import storage as st
 from orchestrator.faults import mask_url
-from orchestrator.rundir import safe_name
+from orchestrator.trial.rundir import safe_name
 
 PALETTE = [
     "#1f77b4",
@@ -868,7 +868,7 @@ def _section(url: str, sd: lb.StudyData, out: Path, top: int) -> tuple[str, str,
 
 def write_report(url: str, out: Path, sweeps: list[str] | None = None, top: int = 10) -> Path:
     """Write ``report.html``, ``report.md``, ``report.json`` and the SVG charts into ``out``; return the HTML path."""
-    from orchestrator.errors import UsageError
+    from orchestrator.trial.errors import UsageError
 
     if sweeps:
         names = lb.study_names(url)

@@ -37,17 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import faults as fl
-from orchestrator import protocol
+from orchestrator import optuna_compat as oc
 from orchestrator import storage as st
 from orchestrator.coordination import Coordination, _TakenOver
-from orchestrator.errors import RunError
 from orchestrator.executors import Job, get_executor
 from orchestrator.leases import open_leases
 from orchestrator.options import LaunchOptions, Outcome
 from orchestrator.record import _merge_summaries, _never_ran, _recorder, _write_metrics
-from orchestrator.rundir import PROJECT_ROOT, RunDir, atomic_write_json
 from orchestrator.slots import Slot
 from orchestrator.sweep import ATTR_REMOTE, ATTR_RESUMED, SweepRunner, point_key
+from orchestrator.trial import protocol
+from orchestrator.trial.errors import RunError
+from orchestrator.trial.rundir import PROJECT_ROOT, RunDir, atomic_write_json
 from orchestrator.wandb_env import child_env, new_run_id
 
 __all__ = ["Controller", "LaunchOptions", "Outcome", "SweepRunner", "point_key"]
@@ -556,7 +557,7 @@ class Controller(Coordination):
         if not spec.experiment:
             # a user's W&B program: the bridge that turns its wandb.log calls into protocol reports
             # (wandb_bridge/sitecustomize.py)
-            from orchestrator.wandb_bridge import BRIDGE_DIR, ENV_ENABLE, ENV_METRIC
+            from orchestrator.trial.wandb_bridge import BRIDGE_DIR, ENV_ENABLE, ENV_METRIC
 
             env["PYTHONPATH"] = os.pathsep.join([str(BRIDGE_DIR), *pythonpath])
             env[ENV_ENABLE] = "1"
@@ -749,12 +750,12 @@ class Controller(Coordination):
             return  # pruning waits for the storage; the curve is stored once it is back
         runner = rt.sweep
         try:
-            stored = rt.trial._cached_frozen_trial.intermediate_values
+            stored = oc.frozen(rt.trial).intermediate_values
             missed = [step] if len(stored) + 1 == len(rt.curve) else sorted(set(rt.curve) - set(stored))
             for s in missed:  # steps the storage missed while it was paused come first
                 rt.trial.report(rt.curve[s], s)
             if runner.prune_view is not None:
-                prune = bool(runner.pruner.prune(runner.prune_view, rt.trial._cached_frozen_trial))
+                prune = bool(runner.pruner.prune(runner.prune_view, oc.frozen(rt.trial)))
             else:
                 prune = rt.trial.should_prune()
         except Exception as exc:
@@ -921,7 +922,7 @@ class Controller(Coordination):
                     attrs[st.ATTR_BEST_VALUE], attrs[st.ATTR_LAST_VALUE] = best, last
         if state == TrialState.FAIL:
             attrs[st.ATTR_REASON] = reason
-        runner.live.pop(trial._trial_id, None)
+        runner.live.pop(oc.trial_id(trial), None)
         # the result goes to its run dir first (atomically: a relaunch imports it if the storage never takes
         # it), then to the storage; either one failing pauses the controller and is retried, never dropped
         result = {
@@ -961,7 +962,7 @@ class Controller(Coordination):
             rt.run_dir.write_result(result)
 
         written = self.pause.run(fl.RUNS_DIR, f"write {rt.run_dir.result_json}", write_files)
-        runner.unrecorded.add(trial._trial_id)  # until the storage has it: _recover must not take it over
+        runner.unrecorded.add(oc.trial_id(trial))  # until the storage has it: _recover must not take it over
         recorded = self.pause.run(
             fl.STORAGE,
             f"record trial {trial.number} of {runner.spec.name} ({state.name})",

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from orchestrator.errors import UsageError
+from orchestrator.trial.errors import UsageError
 
 
 @dataclass(frozen=True)

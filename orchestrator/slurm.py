@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import RunError, UsageError
+from orchestrator.trial.errors import RunError, UsageError
 
 COMMANDS = ("srun", "squeue", "scontrol", "scancel", "sinfo")
 #: job states after which a trial resumes elsewhere instead of failing: the cluster took the job away

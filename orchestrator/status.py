@@ -24,7 +24,7 @@ from typing import Any
 from orchestrator import leaderboard as lb
 from orchestrator import storage as st
 from orchestrator.faults import mask_url
-from orchestrator.rundir import RunDir
+from orchestrator.trial.rundir import RunDir
 
 
 def _tail_metrics(path: Path) -> dict[str, Any] | None:
@@ -159,7 +159,7 @@ def sweep_status(
 
 
 def collect(url: str, sweep: list[str] | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
-    from orchestrator.errors import UsageError
+    from orchestrator.trial.errors import UsageError
 
     if sweep:
         names = lb.study_names(url)

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import RunError, UsageError
 from orchestrator.faults import mask_url
+from orchestrator.trial.errors import RunError, UsageError
 
 DEFAULT_STORAGE = "sqlite:///runs/orchestrate.db"
 

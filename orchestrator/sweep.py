@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import faults as fl
+from orchestrator import optuna_compat as oc
 from orchestrator import storage as st
 from orchestrator.claims import open_claims
-from orchestrator.errors import RunError
 from orchestrator.options import LaunchOptions
 from orchestrator.pruners import get_pruner
-from orchestrator.rundir import RunDir
+from orchestrator.trial.errors import RunError
+from orchestrator.trial.rundir import RunDir
 
 ATTR_REMOTE = st.A + "remote"  # where a remote job runs: {"host", "run_dir", "pid"} (per fold)
 ATTR_RESUMED = st.A + "resumed_from_epoch"  # the job continued from a checkpoint of this epoch (per fold)
@@ -84,7 +85,7 @@ class _FixedSampler:
         if (
             self.owner
         ):  # claim the new trial at once: another controller sharing the storage must not recover it
-            study._storage.set_trial_user_attr(trial._trial_id, st.ATTR_CONTROLLER, self.owner)
+            oc.storage(study).set_trial_user_attr(oc.trial_id(trial), st.ATTR_CONTROLLER, self.owner)
         self.base.before_trial(study, trial)
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
@@ -136,7 +137,7 @@ class _PruneView:
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
         if time.monotonic() - self._refreshed > self.REFRESH_S:
             self.refresh()
-        running = [t._cached_frozen_trial for t in self._runner.live.values()]
+        running = [oc.frozen(t) for t in self._runner.live.values()]
         trials = self._finished + running
         return [t for t in trials if states is None or t.state in states]
 
@@ -237,8 +238,8 @@ class SweepRunner:
         for t in self.study.get_trials(deepcopy=False):
             if (
                 t.state == TrialState.RUNNING
-                and t._trial_id not in self.live
-                and t._trial_id not in self.unrecorded
+                and oc.trial_id(t) not in self.live
+                and oc.trial_id(t) not in self.unrecorded
             ):
                 owner = t.user_attrs.get(st.ATTR_CONTROLLER)
                 if st.owner_alive(owner, self.leases) or self._just_asked(t):
@@ -248,7 +249,7 @@ class SweepRunner:
                     # its result.json; else it is interrupted and runs again
                     if not self._import_result(t) and self._interrupt(t):
                         taken[str(owner)] = taken.get(str(owner), 0) + 1
-                    t = self.study._storage.get_trial(t._trial_id)
+                    t = oc.storage(self.study).get_trial(oc.trial_id(t))
             if t.state == TrialState.WAITING:
                 continue
             if t.state == TrialState.FAIL and not self._has_point(t):
@@ -294,11 +295,11 @@ class SweepRunner:
         False when another controller did so first."""
         import optuna
 
-        storage = self.study._storage
+        storage = oc.storage(self.study)
         try:
-            storage.set_trial_user_attr(t._trial_id, st.ATTR_INTERRUPTED, True)
-            storage.set_trial_user_attr(t._trial_id, st.ATTR_REASON, "controller died while it ran")
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            storage.set_trial_user_attr(oc.trial_id(t), st.ATTR_INTERRUPTED, True)
+            storage.set_trial_user_attr(oc.trial_id(t), st.ATTR_REASON, "controller died while it ran")
+            storage.set_trial_state_values(oc.trial_id(t), optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
         self.counts["recovered"] += 1
@@ -346,7 +347,7 @@ class SweepRunner:
             return False
         import optuna
 
-        storage = self.study._storage
+        storage = oc.storage(self.study)
         curve = {int(k): float(v) for k, v in (record.get("intermediate") or {}).items()}
         values = None
         if state == TrialState.COMPLETE:
@@ -356,10 +357,10 @@ class SweepRunner:
         try:
             for step, v in sorted(curve.items()):
                 if step not in t.intermediate_values:
-                    storage.set_trial_intermediate_value(t._trial_id, step, v)
+                    storage.set_trial_intermediate_value(oc.trial_id(t), step, v)
             for key, value in {**attrs, st.ATTR_IMPORTED: str(run_dir.result_json)}.items():
-                storage.set_trial_user_attr(t._trial_id, key, value)
-            storage.set_trial_state_values(t._trial_id, state, values)
+                storage.set_trial_user_attr(oc.trial_id(t), key, value)
+            storage.set_trial_state_values(oc.trial_id(t), state, values)
         except optuna.exceptions.UpdateFinishedTrialError:
             return False  # another controller recovered it first
         self.counts["imported"] += 1
@@ -531,11 +532,11 @@ class SweepRunner:
             if fixed is not None:
                 self.pending.appendleft((fixed, attempt))
             if trial is not None:
-                self.abandoned.append(trial._trial_id)
+                self.abandoned.append(oc.trial_id(trial))
             raise
         finally:
             self.sampler.fixed = None
-        self.live[trial._trial_id] = trial
+        self.live[oc.trial_id(trial)] = trial
         return trial, dict(trial.params), values, attempt
 
     def _ask(self) -> Any:
@@ -545,8 +546,8 @@ class SweepRunner:
 
         study = self.study
         try:
-            study._thread_local.cached_all_trials = None  # as ask() does: samplers see the latest trials
-            trial_id = study._storage.create_new_trial(study._study_id)
+            oc.forget_cached_trials(study)  # as ask() does: samplers see the latest trials
+            trial_id = oc.storage(study).create_new_trial(oc.study_id(study))
         except AttributeError:  # another Optuna version: the public path
             return study.ask()
         try:

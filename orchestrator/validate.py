@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import RunError, SpecError
-from orchestrator.rundir import PROJECT_ROOT
+from orchestrator.trial.errors import RunError, SpecError
+from orchestrator.trial.rundir import PROJECT_ROOT
 
 MAX_POINTS = 500
 CHECKER = [sys.executable, "-m", "experiments.check"]

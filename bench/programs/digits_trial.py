@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from orchestrator import protocol
+from orchestrator.trial import protocol
 
 OPTIMIZERS = ("sgd", "adam")
 LRS = (0.001, 0.003, 0.01, 0.03)

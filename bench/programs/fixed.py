@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     log = _arg(argv, "log") or os.environ.get("BENCH_CLOCK_FILE")
     time.sleep(max(0.0, duration - (time.time() - START)))
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from orchestrator import protocol
+    from orchestrator.trial import protocol
 
     protocol.report(0, {"score": float(point)})
     protocol.summary({"score": float(point)})

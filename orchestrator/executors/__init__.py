@@ -5,9 +5,9 @@ from __future__ import annotations
 import queue
 from typing import Any
 
-from orchestrator.errors import UsageError
 from orchestrator.executors._base import Executor, Job
 from orchestrator.executors.local import LocalExecutor
+from orchestrator.trial.errors import UsageError
 
 __all__ = ["Executor", "Job", "LocalExecutor", "get_executor"]
 

@@ -3,7 +3,7 @@
 Executors never touch the Optuna study: they put events on the controller's queue, and the controller (one
 thread) decides. Events are tuples ``(kind, job, payload)``:
 
-- ``("event", job, dict)`` — a protocol line (see orchestrator.protocol)
+- ``("event", job, dict)`` — a protocol line (see orchestrator.trial.protocol)
 - ``("exit", job, returncode)`` — the process ended (after its stdout was fully read); ``job.lost`` is set
   when the host went away (SSH: connection dropped, exit 255) rather than the trial ending
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.rundir import RunDir
 from orchestrator.slots import Slot
+from orchestrator.trial.rundir import RunDir
 
 
 @dataclass

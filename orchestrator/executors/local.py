@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator import protocol
 from orchestrator.executors._base import Executor, Job
+from orchestrator.trial import protocol
 
 
 class LocalExecutor(Executor):

@@ -33,13 +33,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import protocol
 from orchestrator import slurm as sl
-from orchestrator.errors import UsageError
 from orchestrator.executors._base import Executor, Job
 from orchestrator.executors.local import _dies_with_parent
 from orchestrator.slots import Slot
 from orchestrator.spec.model import SlurmSpec
+from orchestrator.trial import protocol
+from orchestrator.trial.errors import UsageError
 
 HOST = "slurm"  # the ``host`` of every Slurm slot (a lost job rests no slot: the queue decides where it runs)
 #: prints the job's id as a protocol line, then becomes the trial (argv after the wrapper's name)

@@ -48,13 +48,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import datasync, protocol
+from orchestrator import datasync
 from orchestrator import hosts as hs
-from orchestrator.errors import RunError
 from orchestrator.executors._base import Executor, Job
 from orchestrator.executors.local import LocalExecutor, _dies_with_parent
-from orchestrator.rundir import CONTROLLER_FILES
 from orchestrator.spec.model import HostSpec
+from orchestrator.trial import protocol
+from orchestrator.trial.errors import RunError
+from orchestrator.trial.rundir import CONTROLLER_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: environment passed to a remote trial even when the controller did not set it itself (secrets, W&B, HF)

@@ -62,7 +62,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator import protocol, remote
+from orchestrator import remote
 from orchestrator.executors._base import Executor, Job
 from orchestrator.executors.local import (
     ORPHAN_GRACE,
@@ -72,6 +72,7 @@ from orchestrator.executors.local import (
     _signal_group,
 )
 from orchestrator.remote import ZYGOTE_ENV, note_temp_dirs, run_as_main
+from orchestrator.trial import protocol
 
 CONTROL = "@orchestrate-worker "
 # what a zygote imports before its first fork (never CUDA initialisation: a forked child must be able to)

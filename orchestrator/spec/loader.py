@@ -1,6 +1,6 @@
 """``load_sweeps(path)``: read a sweeps file (ours or a plain W&B sweep file) and validate all of it.
 
-Every problem is a :class:`orchestrator.errors.SpecError` naming the file, the line and the key path
+Every problem is a :class:`orchestrator.trial.errors.SpecError` naming the file, the line and the key path
 (``sweeps[0].parameters.lr.min``; list indices count from 0) with a hint saying what to do next. Keys that only
 matter to W&B's cloud (``controller``, ``job``, ``image_uri`` …) are accepted and reported in
 ``SweepFile.notices``.
@@ -19,9 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from orchestrator.errors import SpecError
 from orchestrator.leases import MIN_LEASE_S
-from orchestrator.rundir import safe_name
 from orchestrator.spec.model import (
     PRUNER_TYPES,
     WANDB_MODES,
@@ -35,6 +33,8 @@ from orchestrator.spec.model import (
 )
 from orchestrator.spec.params import DISTRIBUTIONS, Param, ParamSpace
 from orchestrator.spec.yamlio import LineDict, LineList, NumStr, as_number, load_yaml, plain
+from orchestrator.trial.errors import SpecError
+from orchestrator.trial.rundir import safe_name
 
 __all__ = ["load_sweeps", "EXPERIMENTS_DIR", "COMMAND_MACROS", "optuna_pruner_class"]
 

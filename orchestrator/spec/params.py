@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import SpecError
+from orchestrator.trial.errors import SpecError
 
 __all__ = ["DISTRIBUTIONS", "GRID_KINDS", "LATENT_SUFFIX", "Param", "ParamSpace"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import SpecError
+from orchestrator.trial.errors import SpecError
 
 __all__ = ["LineDict", "LineList", "NumStr", "as_number", "load_yaml", "line_of", "plain"]
 

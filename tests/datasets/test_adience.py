@@ -8,7 +8,7 @@ import pytest
 
 from datasets import open_dataset
 from datasets.adience import AGE_GROUPS, NEAREST_AGE_MAP, age_to_group, load_adience, nearest_group
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 from tests.datasets.conftest import ADIENCE, ADIENCE_2015, ADIENCE_FRONTAL
 
 L2015 = ADIENCE_2015

@@ -12,7 +12,7 @@ from PIL import Image
 from datasets import decoded, open_dataset
 from datasets.cache import cache_paths
 from datasets.check import check
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 
 
 def _copy(synth_root, tmp_path: Path) -> Path:

@@ -9,7 +9,7 @@ import pytest
 
 from datasets import open_dataset
 from datasets.celeba import read_attr_file
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 from tests.datasets.conftest import LABELS
 
 CELEBA = LABELS / "celeba"  # attribute and identity rows; the partition file comes from `celeba_labels`

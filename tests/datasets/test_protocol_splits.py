@@ -43,7 +43,7 @@ def test_coral_fixed_lists(tmp_path: Path, shipped_labels: None) -> None:
     assert set(ds.split(lists="coral", seed=0)["test"]) == set(
         sp["test"]
     )  # fixed: no seed moves the test set
-    from orchestrator.errors import DataError
+    from orchestrator.trial.errors import DataError
 
     with pytest.raises(DataError, match="unknown split lists"):
         ds.split(lists="imdb")

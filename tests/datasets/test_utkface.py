@@ -9,7 +9,7 @@ import pytest
 from datasets import open_dataset
 from datasets.synth import utk_names
 from datasets.utkface import bin_ages, load_utkface, parse_name, resolve_bins
-from orchestrator.errors import DataError
+from orchestrator.trial.errors import DataError
 from tests.datasets.conftest import LABELS
 
 

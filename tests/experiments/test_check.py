@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import SpecError
+from orchestrator.trial.errors import SpecError
 from orchestrator.validate import ask_experiments
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from experiments.config import TrainConfig, default_goal, metric_names, reported_metrics, resolve, validate
-from orchestrator.errors import SpecError
+from orchestrator.trial.errors import SpecError
 
 
 def test_defaults_resolve() -> None:

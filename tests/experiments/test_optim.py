@@ -10,7 +10,7 @@ from torch import nn
 
 from experiments.config import OPTIMIZERS, resolve
 from experiments.optim import SWA, LRSchedule, build_optimizer
-from orchestrator.errors import SpecError
+from orchestrator.trial.errors import SpecError
 
 
 def _model() -> nn.Module:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.protocol import parse_line
-from orchestrator.rundir import RunDir
+from orchestrator.trial.protocol import parse_line
+from orchestrator.trial.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {

@@ -15,8 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from datasets.adience import load_adience
-from orchestrator.errors import SpecError
 from orchestrator.spec import load_sweeps
+from orchestrator.trial.errors import SpecError
 from tests.orchestrator.conftest import ROOT, load_trials, run_cli, write
 
 LABELS = ROOT / "datasets" / "labels" / "adience"

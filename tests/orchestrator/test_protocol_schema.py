@@ -11,8 +11,8 @@ import sys
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as hs
 
-from orchestrator import protocol
 from orchestrator.executors.local import read_lines
+from orchestrator.trial import protocol
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 

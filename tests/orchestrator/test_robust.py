@@ -234,8 +234,8 @@ def test_timeout_values(value: str, seconds: float) -> None:
 
 
 def test_bad_timeout_is_exit_2_with_file_line_key(tmp_path: Path) -> None:
-    from orchestrator.errors import SpecError
     from orchestrator.spec import load_sweeps
+    from orchestrator.trial.errors import SpecError
 
     for bad in ("0", "-5", "soon", "2 weeks", ".nan", "true", "[1]"):
         spec = _spec(tmp_path, "      epochs: {value: 1}\n", extra=f"    timeout: {bad}\n")
@@ -279,8 +279,8 @@ def test_read_only_commands_never_write_into_a_foreign_or_empty_database(tmp_pat
         assert "not an orchestrate/Optuna study" in proc.stderr and "Traceback" not in proc.stderr
         assert _sha256(path) == before, (name, cmd)
         assert sorted(p.name for p in tmp_path.iterdir()) == listing, (name, cmd)
-    from orchestrator.errors import UsageError
     from orchestrator.storage import check_study_storage
+    from orchestrator.trial.errors import UsageError
 
     for name in (
         "empty.db",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import SpecError
 from orchestrator.spec import load_sweeps
+from orchestrator.trial.errors import SpecError
 from tests.orchestrator.conftest import load_trials, run_cli, write
 
 SWEEPS = """

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from orchestrator import protocol
-from orchestrator.errors import SpecError, UsageError
 from orchestrator.pruners import get_pruner
-from orchestrator.rundir import RunDir, atomic_write_json, safe_name
 from orchestrator.slots import parse_slots
+from orchestrator.trial import protocol
+from orchestrator.trial.errors import SpecError, UsageError
+from orchestrator.trial.rundir import RunDir, atomic_write_json, safe_name
 from orchestrator.wandb_env import child_env, resolve_mode
 from orchestrator.wandb_hyperband import WandbHyperbandPruner
 

@@ -15,8 +15,8 @@ import pytest
 
 from orchestrator.executors._base import Job
 from orchestrator.executors.local import LocalExecutor
-from orchestrator.rundir import RunDir
 from orchestrator.slots import Slot
+from orchestrator.trial.rundir import RunDir
 
 
 def _run(tmp_path: Path, argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -60,7 +60,7 @@ def test_children_die_when_the_controller_is_killed(tmp_path: Path) -> None:
         from pathlib import Path
         from orchestrator.executors._base import Job
         from orchestrator.executors.local import LocalExecutor
-        from orchestrator.rundir import RunDir
+        from orchestrator.trial.rundir import RunDir
         from orchestrator.slots import Slot
         job = Job(key="t#0", slot=Slot(id="cpu0", kind="cpu"), run_dir=RunDir({str(tmp_path / "run")!r}).create(),
                   argv=[sys.executable, "-c", "import time; time.sleep(600)"])

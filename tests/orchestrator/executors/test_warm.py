@@ -18,8 +18,8 @@ import pytest
 
 from orchestrator.executors._base import Job
 from orchestrator.executors.warm import WarmExecutor
-from orchestrator.rundir import RunDir
 from orchestrator.slots import Slot
+from orchestrator.trial.rundir import RunDir
 from tests.orchestrator.executors.test_local import _alive
 from tests.wandb_files import read_offline_run
 
@@ -38,7 +38,7 @@ with open(os.environ["PROBE_LOG"], "a") as fh:
 # the trial: says what it sees, then sleeps for --sleep seconds
 TRIAL = """
 import json, os, sys, time
-from orchestrator import protocol
+from orchestrator.trial import protocol
 args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:])
 protocol.emit(
     "info",

@@ -26,8 +26,8 @@ from orchestrator.executors import get_executor
 from orchestrator.executors._base import Job
 from orchestrator.executors.local import LocalExecutor
 from orchestrator.executors.warm import WarmExecutor, keep_zygote, render_zygotes, runtime_dir, zygotes
-from orchestrator.rundir import RunDir
 from orchestrator.slots import Slot
+from orchestrator.trial.rundir import RunDir
 from tests.orchestrator.executors.test_local import _alive
 from tests.orchestrator.executors.test_warm import PROBE, TRIAL, _imports, _slots, _wait_until
 

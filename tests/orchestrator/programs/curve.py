@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from orchestrator import protocol  # noqa: E402
+from orchestrator.trial import protocol  # noqa: E402
 
 
 def flag(text: str) -> bool:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from orchestrator import protocol  # noqa: E402
+from orchestrator.trial import protocol  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--line", default=None)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from orchestrator.protocol import parse_line
+from orchestrator.trial.protocol import parse_line
 from tests.orchestrator.conftest import ROOT, cli_env, load_trials, run_cli
 from tests.orchestrator.remote.test_ssh import hosts_block, sweep_file
 
@@ -334,8 +334,8 @@ def test_checkpoints_arriving_during_a_copy_are_coalesced_into_one_copy_of_the_n
 
     from orchestrator.executors._base import Job
     from orchestrator.executors.ssh import _CheckpointSync
-    from orchestrator.rundir import RunDir
     from orchestrator.slots import Slot
+    from orchestrator.trial.rundir import RunDir
 
     started, release = threading.Semaphore(0), threading.Event()
     copies: list[tuple[str, ...]] = []

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import SpecError
 from orchestrator.spec import load_sweeps
+from orchestrator.trial.errors import SpecError
 from tests.orchestrator.conftest import CURVE, ROOT, cli_env, load_trials, run_cli
 
 PROBE = ROOT / "tests" / "orchestrator" / "remote" / "programs" / "secret_probe.py"

@@ -22,8 +22,8 @@ from orchestrator import remote
 from orchestrator.executors._base import Job
 from orchestrator.executors.ssh import SSHExecutor
 from orchestrator.hosts import host_slots
-from orchestrator.rundir import RunDir
 from orchestrator.spec.model import HostSpec
+from orchestrator.trial.rundir import RunDir
 from tests.orchestrator.remote.conftest import SSHBox
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork servers: Linux")
@@ -37,7 +37,7 @@ with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "rwprobe.log"
 # the trial: what it sees, a metric, then sleeps for --sleep seconds
 TRIAL = """
 import os, sys, time
-from orchestrator import protocol
+from orchestrator.trial import protocol
 args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:])
 protocol.emit("info", preloaded="rwprobe" in sys.modules, pid=os.getpid(), pgid=os.getpgrp(), cwd=os.getcwd(),
               secret=os.environ.get("RW_TEST_TOKEN"), argv=sys.argv[1:])

@@ -337,8 +337,8 @@ def test_bad_slurm_keys_exit_2_with_file_line_key(
 
 
 def test_sweep_level_slurm_block_overrides_the_defaults(tmp_path: Path) -> None:
-    from orchestrator.errors import SpecError
     from orchestrator.spec import load_sweeps
+    from orchestrator.trial.errors import SpecError
 
     spec = write(
         tmp_path,

@@ -10,11 +10,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.errors import SpecError
 from orchestrator.executors.slurm import srun_args
 from orchestrator.slurm import gres_count, seconds
 from orchestrator.spec import load_sweeps
 from orchestrator.spec.loader import SLURM_KEYS
+from orchestrator.trial.errors import SpecError
 
 VALUES = st.one_of(
     st.none(),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.command import build_command, format_args
-from orchestrator.errors import SpecError
 from orchestrator.spec import load_sweeps
+from orchestrator.trial.errors import SpecError
 
 FILES = Path(__file__).resolve().parent / "files"
 CORPUS = Path(__file__).resolve().parents[2] / "fixtures" / "wandb_sweeps"  # tests/fixtures (see its README)

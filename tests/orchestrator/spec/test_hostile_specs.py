@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as hs
 
 from orchestrator.cli import _launch
-from orchestrator.errors import SpecError
 from orchestrator.spec import load_sweeps
 from orchestrator.spec.yamlio import MAX_FILE_BYTES
+from orchestrator.trial.errors import SpecError
 from tests.orchestrator.conftest import cli_env
 
 HEAD = "defaults:\n  slots: cpu:1\n  wandb: disabled\nsweeps:\n"
@@ -117,7 +117,7 @@ def test_the_cli_says_it_in_one_line_and_creates_nothing(tmp_path: Path) -> None
 
 
 def test_a_slash_in_a_name_is_kept_as_w_and_b_allows_it_and_is_no_path() -> None:
-    from orchestrator.rundir import RunDir, safe_name
+    from orchestrator.trial.rundir import RunDir, safe_name
 
     assert safe_name("imbal_prop/leq0.1") == "imbal_prop_leq0.1"  # a real W&B sweep name
     assert safe_name("..") == "sweep"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import SpecError
 from orchestrator.spec import SweepFile, load_sweeps
+from orchestrator.trial.errors import SpecError
 
 HERE = Path(__file__).resolve().parent
 FILES = HERE / "files"

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from orchestrator.errors import SpecError
 from orchestrator.pruners import get_pruner
+from orchestrator.trial.errors import SpecError
 from orchestrator.wandb_hyperband import WandbHyperbandPruner, wandb_bands, wandb_should_stop, wandb_threshold
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

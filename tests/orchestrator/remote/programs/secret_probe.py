@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
-from orchestrator import protocol  # noqa: E402
+from orchestrator.trial import protocol  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--sleep", type=float, default=1.0)

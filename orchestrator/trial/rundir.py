@@ -21,7 +21,7 @@ from typing import Any
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 # the checkout: experiments/, backbones/ and datasets/ are run from here, not installed as packages
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def with_project_on_path() -> None:

@@ -3,7 +3,7 @@
 The controller puts :data:`BRIDGE_DIR` first on the child's ``PYTHONPATH`` and sets ``ORCHESTRATE_WANDB_BRIDGE=1``;
 Python then imports ``sitecustomize.py`` from it at start-up. That module only installs an import hook: when
 (and only when) the script imports wandb, ``wandb.sdk.wandb_run.Run`` is patched so that every ``wandb.log``
-also prints a protocol line (``orchestrator.protocol.report``) on the child's real stdout, and the run's
+also prints a protocol line (``orchestrator.trial.protocol.report``) on the child's real stdout, and the run's
 finish prints ``protocol.summary``. An unmodified W&B training script is thus pruned on the sweep metric.
 See ``sitecustomize.py`` for the exact rules (which calls report, the step, the summary).
 """

@@ -23,7 +23,7 @@ imported here. When ``wandb.sdk.wandb_run`` is imported, ``Run._log`` (behind ``
   config/history kept), and no summary is printed for it. A *pruned* trial (the controller wrote
   ``protocol.STOP_FILE`` into ``ORCHESTRATE_RUN_DIR`` first) raises ``SystemExit(0)`` instead, after adding the
   tag and the summary field ``pruned`` to ``wandb.run``: its run is finished, not crashed.
-* A script that reports through ``orchestrator.protocol`` itself (it imported it) is left alone: no double
+* A script that reports through ``orchestrator.trial.protocol`` itself (it imported it) is left alone: no double
   reports.
 * Lines go to a duplicate of the process's original stdout (fd 1), so a script or W&B that swaps
   ``sys.stdout`` does not swallow them. Any error in the bridge is swallowed: it never breaks the script.
@@ -82,7 +82,7 @@ def _flatten(data: Any, prefix: str = "", out: dict[str, Any] | None = None) -> 
 
 
 def _protocol() -> Any:
-    """orchestrator/protocol.py, loaded by path under a private name (dependency-free)."""
+    """orchestrator/trial/protocol.py, loaded by path under a private name (dependency-free)."""
     if _State.protocol is None:
         import importlib.util
 
@@ -107,7 +107,7 @@ def _stream() -> Any:
 
 
 def _self_reporting() -> bool:
-    return "orchestrator.protocol" in sys.modules
+    return "orchestrator.trial.protocol" in sys.modules
 
 
 def _on_log(run: Any, data: Any, row_step: Any) -> None:

@@ -92,6 +92,6 @@ def _alive(pid: int) -> bool:
     """Running, not a zombie (an orphan's zombie waits for a reaper that a container may not have)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except OSError:  # gone: ENOENT, or ESRCH when it ends between the open and the read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import shlex
 import subprocess
 import sys
 from importlib.metadata import version
@@ -16,8 +17,14 @@ from tests.orchestrator.conftest import cli_env, run_cli
 def test_version_and_completion(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "--version", check=True)
     assert proc.stdout.strip() == f"orchestrate {version('orchestrate')}"
-    script = run_cli(tmp_path, "--show-completion", "bash", check=True).stdout
-    assert "_orchestrate_completion" in script and "complete " in script
+    # the shell is detected from the parent processes (shellingham), not read from an argument: run it from a
+    # bash that stays its parent (`; true` keeps bash from exec-ing it), or the answer depends on who ran pytest
+    cmd = f"{shlex.quote(sys.executable)} -m orchestrator --show-completion; true"
+    proc = subprocess.run(
+        ["bash", "-c", cmd], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+    script = proc.stdout
+    assert "_orchestrate_completion" in script and "complete " in script, proc.stdout + proc.stderr
 
 
 def test_flags_are_shown_without_a_value_in_help(tmp_path: Path) -> None:

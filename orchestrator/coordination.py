@@ -16,6 +16,7 @@ from typing import Any
 from orchestrator import faults as fl
 from orchestrator import optuna_compat as oc
 from orchestrator import storage as st
+from orchestrator.executors import Executor
 from orchestrator.trial.errors import RunError
 
 
@@ -31,7 +32,7 @@ class Coordination:
     pause: Any
     opts: Any
     display: Any
-    executor: Any
+    executor: Executor
     free: list[Any]
     trials: dict[str, Any]
     stopping: bool
@@ -95,7 +96,7 @@ class Coordination:
                 r._recover()
                 orphans += r.orphans[before:]
         self._say_notes()
-        if orphans and hasattr(self.executor, "cleanup"):
+        if orphans:
             for note in self.executor.cleanup(orphans):
                 self.display.message(note)
 

@@ -15,120 +15,62 @@ of work while other controllers still run or hold points of its sweeps waits for
 now and then, and takes their points over when one dies (on another host: its heartbeat is older than its
 lease).
 
-Where the parts live: ``sweep.py`` (one sweep's study and queue of work: ``SweepRunner``), ``coordination.py``
-(other controllers), ``record.py`` (writing a finished trial down), ``options.py`` (``LaunchOptions``,
-``Outcome``); this module is the event loop and the life of one trial.
+Where the parts live: ``sweep.py`` (one sweep's study and queue of work: ``SweepRunner``), ``running.py`` (a
+running trial and its jobs), ``progress.py`` (what the children say; stopping a trial), ``childenv.py`` (a
+trial's command line and environment), ``outcome.py`` (how a finished trial ended, decided without I/O),
+``record.py`` (writing it down), ``coordination.py`` (other controllers), ``messages.py`` (what is said),
+``states.py`` (the string constants), ``options.py`` (``LaunchOptions``, ``Outcome``); this module is the event
+loop and the life of one trial.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import os
 import queue
-import re
 import signal
-import statistics
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator import faults as fl
+from orchestrator import messages as msg
 from orchestrator import optuna_compat as oc
 from orchestrator import storage as st
+from orchestrator.childenv import ChildEnv
 from orchestrator.coordination import Coordination, _TakenOver
-from orchestrator.executors import Job, get_executor
+from orchestrator.executors import Executor, Job, get_executor
 from orchestrator.leases import open_leases
+from orchestrator.messages import failure_summary
 from orchestrator.options import LaunchOptions, Outcome
-from orchestrator.record import _merge_summaries, _never_ran, _recorder, _write_metrics
+from orchestrator.outcome import BAD_INPUT_RC, decide, fold_best_last, follow_up
+from orchestrator.progress import Progress
+from orchestrator.record import _never_ran, account, record_trial
+from orchestrator.running import DEFAULT_SEED, _Part, _Running, carry_over, gather, trial_seed
 from orchestrator.slots import Slot
-from orchestrator.sweep import ATTR_REMOTE, ATTR_RESUMED, SweepRunner, point_key
-from orchestrator.trial import protocol
+from orchestrator.states import PartState, QueueKind, Stop
+from orchestrator.sweep import SweepRunner, point_key
 from orchestrator.trial.errors import RunError
-from orchestrator.trial.rundir import PROJECT_ROOT, RunDir, atomic_write_json
-from orchestrator.wandb_env import child_env, new_run_id
+from orchestrator.trial.rundir import PROJECT_ROOT, RunDir
+from orchestrator.wandb_env import new_run_id
 
-__all__ = ["Controller", "LaunchOptions", "Outcome", "SweepRunner", "point_key"]
+__all__ = [
+    "BAD_INPUT_RC",
+    "DEFAULT_SEED",
+    "Controller",
+    "LaunchOptions",
+    "Outcome",
+    "SweepRunner",
+    "failure_summary",
+    "fold_best_last",
+    "point_key",
+    "trial_seed",
+]
 
 #: seconds after Ctrl-C/SIGTERM after which jobs that never reported their end are left (recorded interrupted)
 STOP_LIMIT_S = 30.0
 
-BAD_INPUT_RC = 2  # a child that exits 2 rejected its input (the house convention): retrying cannot help
-_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
 
-
-@dataclass
-class _Part:
-    """One job of a trial: the whole trial, or one fold of it (``folds:``)."""
-
-    fold: int | None
-    run_dir: RunDir
-    state: str = "pending"  # pending | running | done | failed | skipped
-    job: Job | None = None
-    values: dict[int, float] = field(default_factory=dict)  # step → sweep metric
-    steps: int = 0
-    last_value: float | None = None
-    summary: dict[str, Any] | None = None
-    rc: int | None = None
-    duration: float = 0.0
-    wandb_id: str = ""
-    ready_s: float | None = None  # from the job's start to its first info/metric line (start-up cost)
-    logged: set[int] = field(default_factory=set)  # steps in metrics.jsonl (a resumed job re-reports them)
-    unwritten: list[str] = field(default_factory=list)  # metrics.jsonl lines a full disk did not take yet
-
-
-#: the seed of every trial of a sweep that does not set ``seed`` (the 400-models study's): grid points then
-#: differ only in their swept values; ``seed`` as a parameter (or ``seeds: [..]``) sets it per trial
-DEFAULT_SEED = 42
-
-
-def trial_seed(params: dict[str, Any]) -> int:
-    """trial.json's ``seed``: the trial's ``seed`` parameter when it has one, else :data:`DEFAULT_SEED`."""
-    seed = params.get("seed")
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else DEFAULT_SEED
-
-
-@dataclass
-class _Running:
-    """Controller-side state of one running trial (one Optuna trial, one or more jobs)."""
-
-    sweep: SweepRunner
-    trial: Any  # optuna.Trial
-    point: str
-    params: dict[str, Any]  # optuna's view (what a retry re-uses)
-    attempt: int
-    nested: dict[str, Any]
-    flat: dict[str, Any]
-    run_dir: RunDir
-    parts: list[_Part]
-    started: float = field(default_factory=time.time)
-    stopping: str | None = None  # pruned | interrupted | nonfinite | failed | protocol | timeout
-    why: str | None = None  # the failure reason when stopping is "protocol" (the bad line) or "timeout"
-    reported: set[int] = field(default_factory=set)
-    best_value: float | None = None
-    best_step: int | None = None
-    last_value: float | None = None
-    failed_part: _Part | None = None
-    start_attrs: dict[str, Any] = field(default_factory=dict)
-    start_recorded: bool = False  # the start attributes are in the storage (else the finish writes them too)
-    # step → the trial's value reported to the pruner (or kept for the storage while it is paused)
-    curve: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.sweep.spec.name}#{self.trial.number}"
-
-    def pending(self) -> list[_Part]:
-        return [p for p in self.parts if p.state == "pending"]
-
-    def running(self) -> list[_Part]:
-        return [p for p in self.parts if p.state == "running"]
-
-
-class Controller(Coordination):
+class Controller(Coordination, ChildEnv, Progress):
     """Runs the sweeps of one launch on a set of slots."""
 
     def __init__(self, sweeps: list[Any], opts: LaunchOptions, display: Any) -> None:
@@ -136,7 +78,7 @@ class Controller(Coordination):
         self.opts = opts
         self.display = display
         self.events: queue.Queue[tuple[str, Job, Any]] = queue.Queue()
-        self.executor = get_executor(
+        self.executor: Executor = get_executor(
             opts.executor, self.events, hosts=opts.hosts, warm=opts.workers == "warm", slurm=opts.slurm
         )
         self._resting: dict[str, list[Slot]] = {}  # lost host → its slots, until it answers again
@@ -195,6 +137,20 @@ class Controller(Coordination):
             optuna.logging.WARNING
         )  # the display says what happens, not Optuna's log
         t0 = time.time()
+        self._open_studies()
+        old_int = signal.signal(signal.SIGINT, self._on_signal)
+        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            self._loop()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            self.executor.close()
+        return self._wrap_up(t0)
+
+    def _open_studies(self) -> None:
+        """Check the sweeps against their studies, start the heartbeat, read the studies (the sweeps' queues),
+        and clean up after a controller that died (its orphaned jobs)."""
         storage = st.get_storage(self.opts.storage)
         from orchestrator.fingerprint import check as check_fingerprints
 
@@ -221,61 +177,54 @@ class Controller(Coordination):
             self.display.sweep_ready(r.spec.name, r)
         self._say_notes()
         orphans = [o for r in self.runners for o in r.orphans]
-        if orphans and hasattr(self.executor, "cleanup"):
+        if orphans:
             for note in self.executor.cleanup(orphans):
                 self.display.message(note)
-        old_int = signal.signal(signal.SIGINT, self._on_signal)
-        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _loop(self) -> None:
+        """Until nothing runs and nothing waits: fill free slots, and handle what the children say."""
         stop_sent, stop_at = False, 0.0
-        try:
-            while True:
-                if self.stopping and not stop_sent:
-                    stop_sent = True
-                    stop_at = time.monotonic()
-                    self._stop_all()
-                if stop_sent and self.jobs and time.monotonic() - stop_at > STOP_LIMIT_S:
-                    self._give_up_on_jobs()
-                if self.pause.due():
-                    self.pause.retry()  # the storage or runs dir failed: retry what waits (back-off)
-                if not self.stopping:
-                    self._watch_others_unless_paused()
-                    self._fill_slots()
-                    self._check_timeouts()
-                if (
-                    not self.jobs
-                    and not self._waiting_for_hosts()
-                    and not self._waiting_for_others()
-                    and not self._waiting_for_storage()
-                ):
-                    break
-                wait = self.pause.seconds_to_retry()
-                try:
-                    # blocks until a child reports or exits; the timeout only refreshes the live view,
-                    # notices Ctrl-C (a signal handler must not touch the queue's lock) and paces retries
-                    kind, job, payload = self.events.get(
-                        timeout=0.5 if wait is None else min(0.5, wait + 0.01)
-                    )
-                except queue.Empty:
-                    self.display.tick()
-                    continue
-                if kind == "event":
-                    self._on_event(job, payload)
-                elif kind == "exit":
-                    self._on_exit(job, int(payload))
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-            getattr(self.executor, "close", lambda: None)()
+        while True:
+            if self.stopping and not stop_sent:
+                stop_sent = True
+                stop_at = time.monotonic()
+                self._stop_all()
+            if stop_sent and self.jobs and time.monotonic() - stop_at > STOP_LIMIT_S:
+                self._give_up_on_jobs()
+            if self.pause.due():
+                self.pause.retry()  # the storage or runs dir failed: retry what waits (back-off)
+            if not self.stopping:
+                self._watch_others_unless_paused()
+                self._fill_slots()
+                self._check_timeouts()
+            if (
+                not self.jobs
+                and not self._waiting_for_hosts()
+                and not self._waiting_for_others()
+                and not self._waiting_for_storage()
+            ):
+                return
+            wait = self.pause.seconds_to_retry()
+            try:
+                # blocks until a child reports or exits; the timeout only refreshes the live view,
+                # notices Ctrl-C (a signal handler must not touch the queue's lock) and paces retries
+                kind, job, payload = self.events.get(timeout=0.5 if wait is None else min(0.5, wait + 0.01))
+            except queue.Empty:
+                self.display.tick()
+                continue
+            if kind == QueueKind.EVENT:
+                self._on_event(job, payload)
+            elif kind == QueueKind.EXIT:
+                self._on_exit(job, int(payload))
+
+    def _wrap_up(self, t0: float) -> Outcome:
+        """The launch's outcome, and what it leaves undone (results the storage did not take, sweeps blocked)."""
         self.outcome.wall_s = time.time() - t0
         self.outcome.interrupted = self.stopping
         self.outcome.signal = self.signum
         self.outcome.unrecorded = self.pause.waiting_results()
         if self.outcome.unrecorded:
-            causes = "; ".join(f"{f.resource} {f.where}: {f.cause}" for f in self.pause.faults.values())
-            self.display.message(
-                f"{self.outcome.unrecorded} finished result(s) could not be recorded ({causes}): they are kept "
-                f"in their run directories (result.json) and the next `orchestrate launch` imports them"
-            )
+            self.display.message(msg.unrecorded(self.outcome.unrecorded, self.pause.faults.values()))
         if self.pause.status is not None:
             self.pause.status(None)
         for r in self.runners:
@@ -304,24 +253,6 @@ class Controller(Coordination):
         self.stopping = True
         self.signum = self.signum or signum
 
-    def _check_timeouts(self) -> None:
-        """A job running longer than its sweep's ``timeout:`` stops its trial, which FAILs with reason timeout."""
-        now = time.time()
-        for rt, part in list(self.jobs.values()):
-            limit = getattr(rt.sweep.spec, "timeout_s", None)
-            if (
-                limit is None
-                or rt.stopping is not None
-                or part.job is None
-                or now - part.job.started <= limit
-            ):
-                continue
-            rt.stopping = "timeout"
-            where = "" if part.fold is None else f" (fold {part.fold})"
-            rt.why = f"timeout: ran longer than {_duration(limit)}{where}"
-            self.display.message(f"[{rt.sweep.spec.name}] trial {rt.trial.number}: {rt.why}: stopping it")
-            self._stop_trial(rt)
-
     def _give_up_on_jobs(self) -> None:
         """Stopping, and some jobs have not reported their exit long after SIGKILL: they are recorded as
         interrupted (re-run by the next launch), so that Ctrl-C and SIGTERM always end in bounded time."""
@@ -334,27 +265,13 @@ class Controller(Coordination):
         self.display.message(f"stopping {len(self.jobs)} running job(s) …")
         for rt in list(self.trials.values()):
             if rt.stopping is None:
-                rt.stopping = "interrupted"
+                rt.stopping = Stop.INTERRUPTED
             self._stop_trial(rt, grace=min(self.opts.grace, 5.0))
             if not rt.running():  # none of its jobs had started: nothing will exit, record it now
                 self._finish(rt)
 
-    def _stop_trial(self, rt: _Running, grace: float | None = None) -> None:
-        """Stop every running job of a trial; its jobs not yet started never start."""
-        for part in rt.parts:
-            if part.state == "pending":
-                part.state = "skipped"
-            elif part.state == "running" and part.job is not None:
-                if part.job.stopping is None:
-                    part.job.stopping = rt.stopping
-                if rt.stopping == "pruned":  # the trial closes its W&B run as finished, tagged pruned
-                    with contextlib.suppress(OSError):
-                        why = {"reason": "pruned", "step": max(rt.curve, default=None)}
-                        atomic_write_json(part.run_dir.stop_json, why, durable=False)
-                self.executor.stop(part.job, grace=self.opts.grace if grace is None else grace)
-
     def _fill_slots(self) -> None:
-        for host in self.executor.hosts_back() if hasattr(self.executor, "hosts_back") else []:
+        for host in self.executor.hosts_back():
             self.free.extend(self._resting.pop(host, []))
             self.display.message(f"host {host} answers again: its slots are back")
         while self.free and not self.pause.blocking():  # paused: nothing new starts until the retry
@@ -374,20 +291,22 @@ class Controller(Coordination):
                 cause = fl.transient(exc)
                 if cause is None:
                     raise
-                self.pause.trip(
-                    fl.STORAGE, cause, f"start a trial of {runner.spec.name if runner else 'a sweep'}"
-                )
-                # trials the storage half-made: marked failed (never ran, not an attempt) once it is back
-                for r in self.runners:
-                    for trial_id in r.abandoned:
-                        self.pause.defer(
-                            fl.STORAGE, f"mark trial id {trial_id} as never run", _never_ran(r, trial_id)
-                        )
-                    r.abandoned.clear()
+                self._storage_failed_starting(runner, cause)
                 return
             if rt is None:
                 continue
             self._start_part(rt, rt.pending()[0], self.free.pop(0))
+
+    def _storage_failed_starting(self, runner: SweepRunner | None, cause: str) -> None:
+        """The storage failed while a trial was asked for: pause; the trials it half-made are marked failed
+        (never ran, not an attempt) once it is back."""
+        self.pause.trip(fl.STORAGE, cause, f"start a trial of {runner.spec.name if runner else 'a sweep'}")
+        for r in self.runners:
+            for trial_id in r.abandoned:
+                self.pause.defer(
+                    fl.STORAGE, f"mark trial id {trial_id} as never run", _never_ran(r, trial_id)
+                )
+            r.abandoned.clear()
 
     # ----- one trial -----
     def _new_trial(self, runner: SweepRunner) -> _Running | None:
@@ -422,7 +341,7 @@ class Controller(Coordination):
             nested.update(override)
         prior = runner.resume_from.pop(key, None)
         if prior is not None:
-            self._carry_over(prior, parts, f"trial {trial.number} of {spec.name}")
+            carry_over(prior, parts, f"trial {trial.number} of {spec.name}", self.display.message)
         start_attrs = {  # written with the first job's slot, in one transaction (see _start_part)
             st.ATTR_POINT: key,
             st.ATTR_PARAMS: nested,
@@ -447,30 +366,6 @@ class Controller(Coordination):
         self.trials[rt.key] = rt
         runner.running += 1
         return rt
-
-    def _carry_over(self, prior: Any, parts: list[_Part], label: str) -> None:
-        """A re-run of a trial the controller was stopped in (died, Ctrl-C) starts from that trial's checkpoint
-        (moved into its own run directory) and continues its W&B run (same run id)."""
-        old_dir = prior.user_attrs.get(st.ATTR_RUN_DIR)
-        ids = prior.user_attrs.get(st.ATTR_WANDB)
-        ids = ids if isinstance(ids, list) else [ids]
-        if not old_dir:
-            return
-        for i, part in enumerate(parts):
-            old = RunDir(Path(old_dir) if part.fold is None else Path(old_dir) / f"fold{part.fold}")
-            try:
-                carried = part.run_dir.carry_over(old)
-            except OSError as exc:
-                self.display.message(f"{label}: cannot take the checkpoint of trial {prior.number}: {exc}")
-                continue
-            if carried and i < len(ids) and ids[i]:
-                part.wandb_id = str(ids[i])
-            if carried:
-                where = "" if part.fold is None else f" (fold {part.fold})"
-                self.display.message(
-                    f"{label}{where} continues from the checkpoint of trial {prior.number} (moved here, with its "
-                    "W&B run)"
-                )
 
     def _start_part(self, rt: _Running, part: _Part, slot: Slot) -> bool:
         """Start one job of a trial on ``slot``. False when the runs dir or the storage failed before the job
@@ -512,7 +407,7 @@ class Controller(Coordination):
             self.free.insert(0, slot)
             self.pause.trip(*fault, f"start trial {number} of {spec.name} in {part.run_dir.path}")
             return False
-        part.job, part.state = job, "running"
+        part.job, part.state = job, PartState.RUNNING
         self.jobs[job.key] = (rt, part)
         # the child is starting: record who runs it where (a controller that dies in between leaves a trial
         # whose owner attribute, written when it was asked for, still lets the next launch recover it)
@@ -531,247 +426,7 @@ class Controller(Coordination):
         self.display.trial_started(label, number, slot.id, rt.flat, rt.attempt)
         return True
 
-    def _argv(self, spec: Any, run_dir: RunDir, nested: dict[str, Any]) -> list[str]:
-        if spec.experiment:
-            return [sys.executable, "-u", "-m", f"experiments.{spec.experiment}", str(run_dir.path)]
-        from orchestrator.command import build_command
-
-        # like a W&B agent: a relative program is found from the directory `launch` runs in
-        return build_command(
-            spec, nested, program_path_root=Path.cwd(), args_json_file=run_dir.args_json, run_dir=run_dir.path
-        )
-
-    def _process_env(self, spec: Any, slot: Slot) -> dict[str, str]:
-        """The environment every trial of ``spec`` on ``slot`` starts with (what a warm zygote needs too)."""
-        env = dict(os.environ)
-        env.update(slot.env())
-        pythonpath = [str(PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        env.update(
-            {
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": os.pathsep.join(pythonpath),
-                "ORCHESTRATE_SWEEP": spec.name,
-                "ORCHESTRATE_CACHE_DIR": str(self.cache_dir),
-            }
-        )
-        if not spec.experiment:
-            # a user's W&B program: the bridge that turns its wandb.log calls into protocol reports
-            # (wandb_bridge/sitecustomize.py)
-            from orchestrator.trial.wandb_bridge import BRIDGE_DIR, ENV_ENABLE, ENV_METRIC
-
-            env["PYTHONPATH"] = os.pathsep.join([str(BRIDGE_DIR), *pythonpath])
-            env[ENV_ENABLE] = "1"
-            env[ENV_METRIC] = spec.metric.name if spec.metric is not None else ""
-        return env
-
-    def _warm_up(self) -> None:
-        """Start the warm zygote the first local trials need now: its imports overlap opening the storage."""
-        slot = next((s for s in self.opts.slots if s.host == "local"), None)
-        if slot is None:
-            return
-        for spec in self.specs:
-            if spec.experiment:
-                argv = [sys.executable, "-u", "-m", f"experiments.{spec.experiment}"]
-            elif spec.command and str(spec.command[0]) == "${interpreter}":
-                argv = [sys.executable]
-                for word in spec.command[1:]:
-                    if str(word).startswith("${"):
-                        break
-                    argv.append(str(word))
-            else:
-                continue
-            cwd = PROJECT_ROOT if spec.experiment else Path.cwd()
-            # only a head start: the first trial's start meets (and reports) the same fault
-            with contextlib.suppress(Exception):
-                self.executor.warm_up(argv, self._process_env(spec, slot), cwd)
-            return
-
-    def _env(
-        self, spec: Any, slot: Slot, run_dir: RunDir, number: int, wandb_id: str, fold: int | None = None
-    ) -> dict[str, str]:
-        env = self._process_env(spec, slot)
-        env.update({"ORCHESTRATE_RUN_DIR": str(run_dir.path.resolve()), "ORCHESTRATE_TRIAL": str(number)})
-        tags = [f"sweep:{spec.name}", f"slot:{slot.id}"] + ([f"fold:{fold}"] if fold is not None else [])
-        param_path: Path | None = None
-        # every run of a sweep carries its sweep id (kept in the study), so W&B groups them as one sweep
-        from orchestrator.wandb_env import (
-            SWEEP_ID_ATTR,
-            new_sweep_id,
-            sweep_param_path,
-            write_sweep_params,
-        )
-
-        ids: dict[str, str] = self.__dict__.setdefault("_wandb_sweep_ids", {})
-        if spec.name not in ids:
-            study = next(r.study for r in self.runners if r.spec is spec)
-            stored = study.user_attrs.get(SWEEP_ID_ATTR)
-            if not stored:
-                stored = new_sweep_id()
-                study.set_user_attr(SWEEP_ID_ATTR, stored)
-            ids[spec.name] = str(stored)
-        sweep_id = ids[spec.name]
-        if not spec.experiment:
-            # a user's W&B program: the parameters file a W&B agent gives (wandb_env.py)
-            param_path = sweep_param_path(run_dir.path.resolve(), sweep_id, wandb_id)
-            write_sweep_params(param_path, run_dir.read_trial().get("params") or {})
-        env.update(
-            child_env(
-                mode=self.opts.wandb_mode,
-                run_dir=run_dir.path.resolve(),
-                project=spec.project,
-                entity=spec.entity,
-                group=spec.name,
-                name=f"{spec.name}-{number}" + ("" if fold is None else f"-fold{fold}"),
-                run_id=wandb_id,
-                tags=tags,
-                cache_dir=self.cache_dir,
-                sweep_id=sweep_id,
-                param_path=param_path,
-                job_type=self._job_type(spec, fold),
-            )
-        )
-        return env
-
-    def _job_type(self, spec: Any, fold: int | None) -> str:
-        """The W&B run's job_type: finetune (a second stage), pretrain (a first), fold (one of k), train."""
-        if getattr(spec, "depends_on", None):
-            return "finetune"
-        if any(getattr(s, "depends_on", None) == spec.name for s in self.specs):
-            return "pretrain"
-        return "train" if fold is None else "fold"
-
-    # ----- what the children say -----
-    def _on_event(self, job: Job, event: dict[str, Any]) -> None:
-        found = self.jobs.get(job.key)
-        if found is None:
-            return
-        rt, part = found
-        kind = event.get("event")
-        if kind == protocol.INVALID:
-            self._bad_output(rt, part, event)
-            return
-        if kind == protocol.EVENT_INFO and "remote_pid" in event:  # a remote launcher started the job
-            where = {
-                "host": job.slot.host,
-                "run_dir": event.get("remote_run_dir"),
-                "pid": event["remote_pid"],
-            }
-            key = ATTR_REMOTE + ("" if part.fold is None else f".fold{part.fold}")
-            self.pause.run(
-                fl.STORAGE,
-                f"record where trial {rt.trial.number} of {rt.sweep.spec.name} runs",
-                lambda: rt.trial.set_user_attr(key, where),
-            )
-            return
-        if kind == protocol.EVENT_INFO and "resumed_from_epoch" in event:  # it continued from a checkpoint
-            fold = "" if part.fold is None else f" fold {part.fold}"
-            self.display.message(
-                f"trial {rt.trial.number} of {rt.sweep.spec.name}{fold} resumed from its checkpoint "
-                f"after epoch {event['resumed_from_epoch']}"
-            )
-            resumed = ATTR_RESUMED + ("" if part.fold is None else f".fold{part.fold}")
-            self.pause.run(
-                fl.STORAGE,
-                f"record that trial {rt.trial.number} of {rt.sweep.spec.name} resumed",
-                lambda: rt.trial.set_user_attr(resumed, event["resumed_from_epoch"]),
-            )
-        if kind == protocol.EVENT_INFO and isinstance(event.get("epochs"), int):  # the view's "epoch 3/4"
-            label = rt.sweep.spec.name if part.fold is None else f"{rt.sweep.spec.name} fold {part.fold}"
-            self.display.trial_epochs(label, rt.trial.number, int(event["epochs"]))
-        if part.ready_s is None and kind in (protocol.EVENT_INFO, protocol.EVENT_METRICS):
-            part.ready_s = time.time() - job.started  # slot given → the child is set up and training
-        if kind == protocol.EVENT_SUMMARY:
-            part.summary = dict(event.get("metrics") or {})
-            return
-        if kind != protocol.EVENT_METRICS:
-            return
-        metrics = dict(event.get("metrics") or {})
-        step = event.get("step")
-        step = int(step) if isinstance(step, (int, float)) else part.steps
-        part.steps += 1
-        if step not in part.logged:  # a job resumed after its host was lost re-reports the steps before
-            part.logged.add(step)
-            part.unwritten.append(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        if part.unwritten and not self.pause.blocking(fl.RUNS_DIR):  # a full disk: the lines wait in memory
-            try:
-                _write_metrics(part)
-            except OSError as exc:
-                cause = fl.transient(exc)
-                if cause is None:
-                    raise
-                self.pause.trip(fl.RUNS_DIR, cause, f"write {part.run_dir.metrics_jsonl}")
-            else:
-                self.pause.ok(fl.RUNS_DIR)
-        metric = rt.sweep.metric
-        value = protocol.as_float(metrics.get(metric.name)) if metric is not None else None
-        label = rt.sweep.spec.name if part.fold is None else f"{rt.sweep.spec.name} fold {part.fold}"
-        self.display.trial_metric(label, rt.trial.number, step, metric.name if metric else None, value)
-        if metric is None or value is None or rt.stopping is not None:
-            return
-        if not math.isfinite(value):
-            rt.stopping = "nonfinite"
-            self._stop_trial(rt)
-            return
-        part.values[step] = value
-        part.last_value = value
-        self._report(rt, step)
-
-    def _bad_output(self, rt: _Running, part: _Part, event: dict[str, Any]) -> None:
-        """A protocol line that is not a protocol event: that trial fails (its reason quotes the line)."""
-        if rt.stopping is not None:
-            return
-        where = "" if part.fold is None else f" (fold {part.fold})"
-        rt.stopping = "protocol"
-        rt.why = f"bad protocol line{where}: {event.get('error')}: {event.get('line')}"
-        self._stop_trial(rt)
-
-    def _report(self, rt: _Running, step: int) -> None:
-        """Report the trial's value at ``step``: with folds, the mean over ALL its folds, once every fold has
-        reached the step. With fewer slots than folds a fold still waiting for a slot holds the step back, so
-        the stored curve, the pruner and the leaderboard never see a mean over a subset of the folds (a 1-fold
-        mean is never compared with a 5-fold mean); a step some fold never reaches (it stopped early) is not
-        reported."""
-        if step in rt.reported:
-            return
-        values = [p.values[step] for p in rt.parts if step in p.values]
-        if len(values) < len(rt.parts):
-            return
-        metric = rt.sweep.metric
-        assert metric is not None
-        value = statistics.fmean(values)
-        rt.reported.add(step)
-        rt.curve[step] = value
-        rt.last_value = value
-        if rt.best_value is None or (
-            value > rt.best_value if metric.goal == "maximize" else value < rt.best_value
-        ):
-            rt.best_value, rt.best_step = value, step
-        if self.pause.blocking(fl.STORAGE):
-            return  # pruning waits for the storage; the curve is stored once it is back
-        runner = rt.sweep
-        try:
-            stored = oc.frozen(rt.trial).intermediate_values
-            missed = [step] if len(stored) + 1 == len(rt.curve) else sorted(set(rt.curve) - set(stored))
-            for s in missed:  # steps the storage missed while it was paused come first
-                rt.trial.report(rt.curve[s], s)
-            if runner.prune_view is not None:
-                prune = bool(runner.pruner.prune(runner.prune_view, oc.frozen(rt.trial)))
-            else:
-                prune = rt.trial.should_prune()
-        except Exception as exc:
-            cause = fl.transient(exc)
-            if cause is None:
-                raise
-            self.pause.trip(
-                fl.STORAGE, cause, f"report step {step} of trial {rt.trial.number} of {runner.spec.name}"
-            )
-            return
-        self.pause.ok(fl.STORAGE)
-        if prune:
-            rt.stopping = "pruned"
-            self.display.trial_pruning(rt.sweep.spec.name, rt.trial.number, step)
-            self._stop_trial(rt)
-
+    # ----- a job's end -----
     def _on_exit(self, job: Job, rc: int) -> None:
         if job.lost is not None and job.key in self.jobs and self.jobs[job.key][0].stopping is None:
             self._host_lost(job)
@@ -784,10 +439,10 @@ class Controller(Coordination):
         part.rc = rc
         part.duration = (job.ended or time.time()) - job.started
         self.outcome.busy_s += part.duration
-        part.state = "done" if rc == 0 else "failed"
+        part.state = PartState.DONE if rc == 0 else PartState.FAILED
         if rc != 0 and rt.stopping is None:
             # one fold failing fails the configuration: stop its other folds
-            rt.stopping = "failed"
+            rt.stopping = Stop.FAILED
             rt.failed_part = part
             self._stop_trial(rt)
         elif rc == 0 and rt.stopping is None and rt.sweep.metric is not None and len(rt.parts) > 1:
@@ -817,17 +472,14 @@ class Controller(Coordination):
         resting = self._resting.setdefault(host, [])
         resting += [job.slot, *(s for s in self.free if s.host == host)]
         self.free = [s for s in self.free if s.host != host]
-        part.state, part.job, part.steps, part.last_value, part.summary = "pending", None, 0, None, None
+        part.state, part.job = PartState.PENDING, None
+        part.steps, part.last_value, part.summary = 0, None, None
         part.values.clear()
         self.outcome.busy_s += (job.ended or time.time()) - job.started
         # the trial itself says which epoch it resumed from (the copy may hold a newer one than announced)
-        resumes = "; it resumes from its checkpoint copied back" if job.checkpoint_epoch is not None else ""
-        self.display.message(
-            f"{job.lost}: trial {rt.trial.number} of {rt.sweep.spec.name} goes back to the queue "
-            f"(not a failure{resumes})"
-        )
-        if hasattr(self.executor, "host_lost"):
-            self.executor.host_lost(host)
+        resumes = job.checkpoint_epoch is not None
+        self.display.message(msg.requeued(str(job.lost), rt.trial.number, rt.sweep.spec.name, resumes))
+        self.executor.host_lost(host)
 
     def _waiting_for_hosts(self) -> bool:
         """Nothing runs, work is left, and only resting hosts' slots could do it: wait for them."""
@@ -836,236 +488,34 @@ class Controller(Coordination):
         return any(t.pending() for t in self.trials.values()) or any(r.can_start() for r in self.runners)
 
     def _finish(self, rt: _Running) -> None:
-        from optuna.trial import TrialState
-
+        """A trial whose jobs all ended: gather what they did, decide how it ended (``outcome.py``), write it
+        down and count it (``record.py``)."""
         self.trials.pop(rt.key, None)
         runner = rt.sweep
         runner.running -= 1
         trial = rt.trial
-        metric = runner.metric
-        parts = rt.parts
         duration = time.time() - rt.started
-        attrs: dict[str, Any] = {
-            st.ATTR_EPOCHS: max((p.steps for p in parts), default=0),
-            st.ATTR_DURATION: round(duration, 3),
-            st.ATTR_GPU_S: round(sum(p.duration for p in parts), 3),
-            st.ATTR_BEST_STEP: rt.best_step,
-            st.ATTR_LAST_VALUE: rt.last_value,
-            st.ATTR_STARTUP: max((p.ready_s for p in parts if p.ready_s is not None), default=None),
-        }
-        summary = _merge_summaries([p.summary for p in parts if p.summary is not None])
-        if summary:
-            attrs[st.ATTR_SUMMARY] = summary
-            attrs.update(st.key_metrics(summary))  # top-level: sortable columns in optuna-dashboard
-        state: Any
-        value: float | None = None
-        reason: str | None = None
-        disk_fault = False
-        bad_input = False
-        all_ok = all(p.state == "done" for p in parts)
-        if rt.stopping == "pruned":
-            state = TrialState.PRUNED
-        elif rt.stopping == "interrupted" and not all_ok:
-            state = TrialState.FAIL
-            reason = "interrupted (Ctrl-C): will be re-run by the next launch"
-            attrs[st.ATTR_INTERRUPTED] = True
-        elif rt.stopping == "nonfinite":
-            state = TrialState.FAIL
-            reason = f"{metric.name if metric else 'metric'} became non-finite (NaN/inf)"
-        elif rt.stopping in ("protocol", "timeout"):
-            state = TrialState.FAIL
-            reason = rt.why
-        elif not all_ok:
-            state = TrialState.FAIL
-            bad = rt.failed_part or next(p for p in parts if p.state != "done")
-            rc = bad.rc if bad.rc is not None else -1
-            where = "" if bad.fold is None else f" in fold {bad.fold}"
-            reason = (
-                f"exit code {rc}" if rc >= 0 else f"killed by signal {signal.Signals(-rc).name}"
-            ) + where
-            if rc == BAD_INPUT_RC and rt.stopping == "failed":  # the child rejected its input: same next time
-                reason += " (bad input: not retried)"
-                bad_input = True
-            attrs[st.ATTR_STDERR] = bad.run_dir.tail("stderr", 30)[-4000:]
-            if _OOM.search(attrs[st.ATTR_STDERR]):
-                reason = "CUDA out of memory: " + reason
-            disk = fl.probe_dir(bad.run_dir.path) if rt.stopping == "failed" else None
-            if disk is not None:
-                self.pause.trip(fl.RUNS_DIR, disk, f"run trial {trial.number} of {runner.spec.name}")
-            elif rt.stopping == "failed":  # the disk was full while it ran (and may have space again by now)
-                started = min((p.job.started for p in parts if p.job is not None), default=rt.started)
-                seen = fl.DISK_TEXT.search(attrs[st.ATTR_STDERR])
-                disk = self.pause.failed_since(fl.RUNS_DIR, started) or (seen.group(0) if seen else None)
-            if disk is not None:  # it could not write (checkpoint, logs): not the trial's fault, run it again
-                disk_fault, bad_input = True, False
-                reason += f" while its run dir was unwritable ({disk}): runs again, not counted as an attempt"
-                attrs[st.ATTR_INTERRUPTED] = True
-        elif metric is None:
-            state, value = TrialState.COMPLETE, 0.0
-            attrs[st.ATTR_NO_METRIC] = True
-        else:
-            per_part = []
-            for p in parts:
-                v = protocol.as_float((p.summary or {}).get(metric.name))
-                per_part.append(v if v is not None else p.last_value)
-            if any(v is None or not math.isfinite(v) for v in per_part):
-                state = TrialState.FAIL
-                reason = f"finished without reporting a finite {metric.name!r}"
-            else:
-                state = TrialState.COMPLETE
-                finite = [float(v) for v in per_part if v is not None]
-                value = statistics.fmean(finite)
-                if len(parts) > 1:
-                    attrs[st.ATTR_FOLDS] = {str(p.fold): v for p, v in zip(parts, finite, strict=True)}
-                    attrs[st.ATTR_FOLD_STD] = statistics.stdev(finite)
-                    best, last = fold_best_last([p.values for p in parts], finite, metric.goal == "maximize")
-                    attrs[st.ATTR_BEST_VALUE], attrs[st.ATTR_LAST_VALUE] = best, last
-        if state == TrialState.FAIL:
-            attrs[st.ATTR_REASON] = reason
+        decision = decide(gather(rt, duration, self.pause))
         runner.live.pop(oc.trial_id(trial), None)
-        # the result goes to its run dir first (atomically: a relaunch imports it if the storage never takes
-        # it), then to the storage; either one failing pauses the controller and is retried, never dropped
-        result = {
-            "sweep": runner.spec.name,
-            "trial": trial.number,
-            "attempt": rt.attempt,
-            "state": state.name,
-            "value": value,
-            "reason": reason,
-            "epochs": attrs[st.ATTR_EPOCHS],
-            "best_step": rt.best_step,
-            "duration_s": round(duration, 3),
-            "summary": summary or None,
-            "params": rt.nested,
-            "folds": attrs.get(st.ATTR_FOLDS),
-            "jobs": [
-                {
-                    "fold": p.fold,
-                    "state": p.state,
-                    "returncode": p.rc,
-                    "slot": p.job.slot.id if p.job else None,
-                    "duration_s": round(p.duration, 3),
-                    "wandb_run_id": p.wandb_id,
-                }
-                for p in parts
-            ],
-            # what the storage gets, so that a relaunch can record it from here (SweepRunner._import_result)
-            "record": {
-                "attrs": {**rt.start_attrs, **attrs},
-                "intermediate": {str(k): v for k, v in sorted(rt.curve.items())},
-            },
-        }
-
-        def write_files() -> None:
-            for p in parts:
-                _write_metrics(p)
-            rt.run_dir.write_result(result)
-
-        written = self.pause.run(fl.RUNS_DIR, f"write {rt.run_dir.result_json}", write_files)
-        runner.unrecorded.add(oc.trial_id(trial))  # until the storage has it: _recover must not take it over
-        recorded = self.pause.run(
-            fl.STORAGE,
-            f"record trial {trial.number} of {runner.spec.name} ({state.name})",
-            _recorder(
-                runner,
-                trial,
-                attrs if rt.start_recorded else {**rt.start_attrs, **attrs},
-                state,
-                value,
-                rt.curve,
-            ),
-            result=True,
+        written, recorded = record_trial(rt, decision, duration, self.pause)
+        follow = follow_up(
+            decision,
+            attempt=rt.attempt,
+            retries=runner.retries,
+            stopping_launch=self.stopping,
+            stop=rt.stopping,
+            retry_on_timeout=runner.spec.retry_on_timeout,
         )
-        # bookkeeping: finished points, retries
-        if state == TrialState.COMPLETE:
-            runner.counts["complete"] += 1
-            runner.finished += 1
-            if value is not None:
-                runner._update_best(value)
-        elif state == TrialState.PRUNED:
-            runner.counts["pruned"] += 1
-            runner.finished += 1
-        elif disk_fault and not self.stopping:
-            runner.pending.appendleft((rt.params, rt.attempt))  # same attempt: the disk failed, not the trial
-        elif attrs.get(st.ATTR_INTERRUPTED):
-            pass  # the next launch re-runs it (same parameters, same attempt number)
-        else:
-            runner.counts["failed"] += 1
-            if (
-                rt.attempt < runner.retries + 1
-                and not self.stopping
-                and not bad_input
-                and (rt.stopping != "timeout" or runner.spec.retry_on_timeout)
-            ):
-                runner.pending.appendleft((rt.params, rt.attempt + 1))
-                runner.counts["retried"] += 1
-                batch = rt.nested.get("batch_size")
-                oom = reason is not None and reason.startswith("CUDA out of memory")
-                if oom and runner.spec.on_oom == "halve_batch_size" and isinstance(batch, int) and batch > 1:
-                    runner.overrides[rt.point] = {"batch_size": batch // 2}
-            else:
-                runner.finished += 1
-                if not self.stopping:  # no retry left: the launch ends with exit code 1 and says why
-                    self.outcome.failures.append(
-                        {
-                            "sweep": runner.spec.name,
-                            "trial": trial.number,
-                            "reason": reason,
-                            "line": _last_line(attrs.get(st.ATTR_STDERR) or ""),
-                        }
-                    )
+        account(rt, decision, follow, self.outcome.failures, self.stopping)
         self.display.trial_finished(
-            runner.spec.name, trial.number, state.name, value, duration, reason, attrs[st.ATTR_EPOCHS]
+            runner.spec.name,
+            trial.number,
+            decision.state.value,
+            decision.value,
+            duration,
+            decision.reason,
+            decision.attrs[st.ATTR_EPOCHS],
         )
         if not recorded and self.pause.blocking(fl.STORAGE):
-            where = f"in {rt.run_dir.result_json}" if written else "in memory only (the runs dir fails too)"
-            self.display.message(
-                f"[{runner.spec.name}] trial {trial.number}: its result waits for the storage, kept {where}"
-            )
-
-
-def _duration(seconds: float) -> str:
-    """90 → '90s', 5400 → '1.5h' (how a timeout is said back)."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
-def _last_line(text: str) -> str:
-    """The child's last non-empty stderr line (a traceback's last line names the error), shortened."""
-    line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
-def failure_summary(failures: list[dict[str, Any]]) -> list[str]:
-    """One line per distinct failure (reason and the child's last stderr line), most frequent first:
-    ``3× exit code 3: boom: simulated crash in epoch 1 [crashy: trial(s) 3, 4, 5]``."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for f in failures:
-        reason = re.sub(r" in fold \d+", "", str(f.get("reason") or "failed"))
-        groups.setdefault((reason, str(f.get("line") or "")), []).append(f)
-    lines = []
-    for (reason, line), members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        where = "; ".join(
-            f"{sweep}: trial(s) {', '.join(str(m['trial']) for m in members if m['sweep'] == sweep)}"
-            for sweep in dict.fromkeys(m["sweep"] for m in members)
-        )
-        lines.append(f"{len(members)}× {reason}" + (f": {line}" if line else "") + f" [{where}]")
-    return lines
-
-
-def fold_best_last(
-    curves: list[dict[int, float]], objectives: list[float], maximize: bool
-) -> tuple[float, float]:
-    """``best`` and ``last`` of a trial run per fold, computed like its value (the mean of the folds'
-    objectives): the mean over folds of each fold's best value — the best of its reported values and its own
-    objective — and of each fold's last reported value (its objective when it reported none). So
-    ``best >= value`` for maximize (``<=`` for minimize), fold by fold and hence on the means."""
-    pick = max if maximize else min
-    bests, lasts = [], []
-    for curve, objective in zip(curves, objectives, strict=True):
-        seen = [v for v in curve.values() if math.isfinite(v)]
-        bests.append(pick([*seen, objective]))
-        lasts.append(curve[max(curve)] if curve else objective)
-    return statistics.fmean(bests), statistics.fmean(lasts)
+            where = str(rt.run_dir.result_json) if written else None
+            self.display.message(msg.result_waits(runner.spec.name, trial.number, where))

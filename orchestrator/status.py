@@ -64,6 +64,46 @@ def _point(rec: lb.TrialRec) -> str:
     return json.dumps(flat, sort_keys=True, default=str)
 
 
+def _running_row(
+    rec: lb.TrialRec, row: dict[str, Any], sd: lb.StudyData, runs_dir: Path | None, now: float, leases: Any
+) -> dict[str, Any]:
+    """One running trial: where, its epoch and latest value (metrics.jsonl's tail, else Optuna's intermediate
+    values), how long it runs, and whether its controller is alive."""
+    metric = sd.metric
+    owner = rec.attrs.get(st.ATTR_CONTROLLER)
+    alive = st.owner_alive(owner, leases)  # another host's controller: by its heartbeat
+    rd = _run_dir(rec, sd.name, runs_dir)
+    tail = _tail_metrics(rd / "metrics.jsonl") if rd else None
+    epoch: Any = None
+    value: Any = None
+    last_time = None
+    if tail is not None:
+        epoch = tail.get("step")
+        value = tail.get(metric) if metric else None
+        last_time = tail.get("time")
+    elif rec.inter:
+        epoch = max(rec.inter)
+        value = rec.inter[epoch]
+    start = rec.start.timestamp() if rec.start else None
+    return {
+        "trial": rec.number,
+        "slot": rec.attrs.get(st.ATTR_SLOT),
+        "host": rec.attrs.get(st.ATTR_HOST),
+        "attempt": rec.attrs.get(st.ATTR_ATTEMPT, 1),
+        "epoch": epoch,
+        "metric": metric,
+        "value": value,
+        "elapsed_s": round(now - start, 1) if start else None,
+        "since_last_epoch_s": round(now - float(last_time), 1)
+        if isinstance(last_time, (int, float))
+        else None,
+        "controller": owner,
+        "controller_alive": alive,
+        "params": row["_params"],
+        "run_dir": str(rd) if rd else None,
+    }
+
+
 def sweep_status(
     sd: lb.StudyData, runs_dir: Path | None = None, now: float | None = None, leases: Any = None
 ) -> dict[str, Any]:
@@ -75,7 +115,6 @@ def sweep_status(
     running = []
     durations = []
     gpu_hours = 0.0
-    metric = sd.metric
     for rec in sd.trials:
         counts[names.get(rec.state, "waiting")] += 1
         row = rows[rec.number]
@@ -85,42 +124,8 @@ def sweep_status(
         interrupted = rec.state == "FAIL" and rec.attrs.get(st.ATTR_INTERRUPTED)
         if rec.state in ("COMPLETE", "PRUNED", "FAIL") and row["duration_s"] is not None and not interrupted:
             durations.append(float(row["duration_s"]))
-        if rec.state != "RUNNING":
-            continue
-        owner = rec.attrs.get(st.ATTR_CONTROLLER)
-        alive = st.owner_alive(owner, leases)  # another host's controller: by its heartbeat
-        rd = _run_dir(rec, sd.name, runs_dir)
-        tail = _tail_metrics(rd / "metrics.jsonl") if rd else None
-        epoch: Any = None
-        value: Any = None
-        last_time = None
-        if tail is not None:
-            epoch = tail.get("step")
-            value = tail.get(metric) if metric else None
-            last_time = tail.get("time")
-        elif rec.inter:
-            epoch = max(rec.inter)
-            value = rec.inter[epoch]
-        start = rec.start.timestamp() if rec.start else None
-        running.append(
-            {
-                "trial": rec.number,
-                "slot": rec.attrs.get(st.ATTR_SLOT),
-                "host": rec.attrs.get(st.ATTR_HOST),
-                "attempt": rec.attrs.get(st.ATTR_ATTEMPT, 1),
-                "epoch": epoch,
-                "metric": metric,
-                "value": value,
-                "elapsed_s": round(now - start, 1) if start else None,
-                "since_last_epoch_s": round(now - float(last_time), 1)
-                if isinstance(last_time, (int, float))
-                else None,
-                "controller": owner,
-                "controller_alive": alive,
-                "params": row["_params"],
-                "run_dir": str(rd) if rd else None,
-            }
-        )
+        if rec.state == "RUNNING":
+            running.append(_running_row(rec, row, sd, runs_dir, now, leases))
     planned = sd.spec.get("trials")
     queued = max(0, int(planned) - len(points)) if isinstance(planned, int) else None
     alive_running = [r for r in running if r["controller_alive"]]
@@ -132,7 +137,7 @@ def sweep_status(
     best = lb.rank(list(rows.values()), sd.direction)[0] if rows else None
     return {
         "sweep": sd.name,
-        "metric": metric,
+        "metric": sd.metric,
         "direction": sd.direction,
         "method": sd.spec.get("method"),
         "planned": planned,

@@ -715,6 +715,4 @@ class RoutingExecutor(Executor):
 
     def close(self) -> None:
         self.remote.close()
-        close = getattr(self.local, "close", None)
-        if close is not None:
-            close()
+        self.local.close()

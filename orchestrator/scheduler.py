@@ -49,6 +49,7 @@ from orchestrator.sweep import ATTR_REMOTE, ATTR_RESUMED, SweepRunner, point_key
 from orchestrator.trial import protocol
 from orchestrator.trial.errors import RunError
 from orchestrator.trial.rundir import PROJECT_ROOT, RunDir, atomic_write_json
+from orchestrator.trial.spec import TrialMetric, TrialSpec
 from orchestrator.wandb_env import child_env, new_run_id
 
 __all__ = ["Controller", "LaunchOptions", "Outcome", "SweepRunner", "point_key"]
@@ -485,25 +486,24 @@ class Controller(Coordination):
                 nested["pretrained" if spec.experiment else "init_checkpoint"] = init
         suffix = "" if part.fold is None else f"-fold{part.fold}"
         try:
-            part.run_dir.create()
-            part.run_dir.write_trial(
-                {
-                    "sweep": spec.name,
-                    "trial": number,
-                    "attempt": rt.attempt,
-                    "fold": part.fold,
-                    "experiment": spec.experiment,
-                    "params": nested,
-                    "metric": {"name": spec.metric.name, "goal": spec.metric.goal} if spec.metric else None,
-                    "project": spec.project,
-                    "data_root": getattr(spec, "data_root", None),
-                    "seed": trial_seed(nested),
-                    "slot": slot.id,
-                }
+            trial_spec = TrialSpec(
+                sweep=spec.name,
+                trial=number,
+                attempt=rt.attempt,
+                fold=part.fold,
+                experiment=spec.experiment,
+                params=nested,
+                metric=TrialMetric(spec.metric.name, spec.metric.goal) if spec.metric else None,
+                project=spec.project,
+                data_root=getattr(spec, "data_root", None),
+                seed=trial_seed(nested),
+                slot=slot.id,
             )
-            job = Job(key=f"{rt.key}{suffix}", slot=slot, run_dir=part.run_dir, argv=[])
+            part.run_dir.create()
+            part.run_dir.write_trial(trial_spec)
+            job = Job(key=f"{rt.key}{suffix}", slot=slot, run_dir=part.run_dir, argv=[], spec=trial_spec)
             job.argv = self._argv(spec, part.run_dir, nested)
-            env = self._env(spec, slot, part.run_dir, number, part.wandb_id, part.fold)
+            env = self._env(spec, slot, part.run_dir, number, part.wandb_id, part.fold, trial_spec.params)
             self.executor.submit(job, env, PROJECT_ROOT if spec.experiment else Path.cwd())
         except Exception as exc:
             fault = fl.fault_of(exc)
@@ -587,7 +587,14 @@ class Controller(Coordination):
             return
 
     def _env(
-        self, spec: Any, slot: Slot, run_dir: RunDir, number: int, wandb_id: str, fold: int | None = None
+        self,
+        spec: Any,
+        slot: Slot,
+        run_dir: RunDir,
+        number: int,
+        wandb_id: str,
+        fold: int | None = None,
+        params: dict[str, Any] | None = None,
     ) -> dict[str, str]:
         env = self._process_env(spec, slot)
         env.update({"ORCHESTRATE_RUN_DIR": str(run_dir.path.resolve()), "ORCHESTRATE_TRIAL": str(number)})
@@ -613,7 +620,7 @@ class Controller(Coordination):
         if not spec.experiment:
             # a user's W&B program: the parameters file a W&B agent gives (wandb_env.py)
             param_path = sweep_param_path(run_dir.path.resolve(), sweep_id, wandb_id)
-            write_sweep_params(param_path, run_dir.read_trial().get("params") or {})
+            write_sweep_params(param_path, params or {})
         env.update(
             child_env(
                 mode=self.opts.wandb_mode,

@@ -1,10 +1,10 @@
 """The training of ``python -m experiments.train RUN_DIR``, once its trial and config are checked (train.py).
 
-:func:`run` reads top to bottom: seeds and device, data (labels and splits, then the decoded images), model and
-optimizer, loaders and schedule, resume from ``checkpoint_last.pt``, the epochs (a ``metrics`` protocol line
-and a checkpoint each), then the final model's test metrics, the ``summary`` line and the W&B extras. A step
-that meets bad input (missing data, an empty split, a backbone that cannot be built) prints ``error: …`` on
-stderr and exits 2.
+:func:`run` reads top to bottom: seeds and device, data (labels and splits, then the decoded images:
+trainer_data.py), model and optimizer, loaders and schedule, resume from ``checkpoint_last.pt``, the epochs (a
+``metrics`` protocol line and a checkpoint each), then the final model's test metrics (evaluation.py), the
+``summary`` line and the W&B extras. A step that meets bad input (missing data, an empty split, a backbone that
+cannot be built) prints ``error: …`` on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -17,24 +17,31 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
 
 import backbones
-import datasets
-from datasets.pipeline import Augment, DeviceLoader, oversample
+from datasets.pipeline import Augment, DeviceLoader
 from experiments import config as config_mod
 from experiments import determinism
 from experiments import metrics as M
 from experiments import tasks as T
 from experiments.config import TrainConfig
+from experiments.evaluation import (
+    evaluate,
+    log_predictions,
+    reported,
+    train_accuracy,
+    train_hits,
+    write_confusions,
+)
 from experiments.optim import SWA, LRSchedule, build_optimizer
+from experiments.trainer_data import Data, fail, load_data, load_images, stored_size
 from experiments.wandb_log import Logger
 from orchestrator.trial import protocol
-from orchestrator.trial.errors import OrchestrateError
-from orchestrator.trial.rundir import RunDir, atomic_write_json
+from orchestrator.trial.rundir import RunDir
 
 
 @dataclass
@@ -45,22 +52,6 @@ class Device:
     cuda: bool
     autocast: Any  # torch.autocast (bf16 on CUDA with amp) or a no-op context
     memory_format: torch.memory_format
-
-
-@dataclass
-class Data:
-    """The dataset, its tasks and targets, the splits' indices and (once the input size is known) the images."""
-
-    ds: Any
-    root: str
-    tasks: list[T.TaskSpec]
-    multi: bool
-    age_bins: list[float] | None
-    targets: dict[str, np.ndarray]
-    splits: dict[str, np.ndarray]
-    train_idx: np.ndarray  # splits["train"] with data_fraction applied
-    images: Any = None  # (N, H, W, 3) uint8, decoded once per host and shared
-    stored_size: int = 0  # the size faces are stored at (crop_from with random_crop, else the input size)
 
 
 @dataclass
@@ -126,11 +117,6 @@ def run(rd: RunDir, cfg: TrainConfig, metric_name: str, goal: str) -> None:
     finish(rd, cfg, data, model, loop, dev, progress, logger, metric_name, refused)
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # seeds and device
 def setup_device(cfg: TrainConfig) -> Device:
@@ -149,156 +135,6 @@ def setup_device(cfg: TrainConfig) -> Device:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else nullcontext()
     memory_format = torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
     return Device(device, cuda, autocast, memory_format)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# data: labels and splits first (the model's heads depend on the classes), images once the size is known
-def load_data(cfg: TrainConfig, task_names: list[str]) -> Data:
-    root = cfg.data_root
-    if root is None:  # synthetic data in the dataset's real layout, made once per cache
-        root = datasets.ensure_synthetic(
-            cfg.dataset, limit=cfg.synthetic_limit, size=cfg.synthetic_size, seed=cfg.synthetic_seed
-        )
-    ds = open_dataset(cfg, root)
-    tasks, age_bins = build_tasks(cfg, ds, task_names)
-    multi = len(tasks) > 1
-    splits = split_dataset(cfg, ds, tasks, age_bins, multi)
-    targets = T.targets_for(tasks, ds.labels, age_bins)
-    if multi:  # keep samples with at least one known label
-        for name, idx in splits.items():
-            splits[name] = idx[np.any([T.known(targets[t.name][idx]) for t in tasks], axis=0)]
-    train_idx = splits["train"]
-    if cfg.data_fraction < 1.0:
-        keep = np.random.default_rng(cfg.split_seed).permutation(len(train_idx))[
-            : max(1, int(len(train_idx) * cfg.data_fraction))
-        ]
-        train_idx = np.sort(train_idx[keep])
-    data = Data(ds, str(root), tasks, multi, age_bins, targets, splits, train_idx)
-    for name, idx in split_sizes(data):
-        if len(idx) == 0:
-            fail(f"the {name} split is empty (dataset {cfg.dataset}, {len(ds)} images)")
-    print(
-        f"data: {cfg.dataset} at {root}: train {len(train_idx)}, val {len(splits['val'])}, test {len(splits['test'])}"
-    )
-    return data
-
-
-def open_dataset(cfg: TrainConfig, root: Any) -> Any:
-    load_opts: dict[str, Any] = dict(cfg.dataset_args)
-    if cfg.layout is not None:
-        load_opts["layout"] = cfg.layout
-    if cfg.age_mapping is not None:
-        load_opts["age_mapping"] = cfg.age_mapping
-    try:
-        return datasets.open_dataset(cfg.dataset, root, **load_opts)
-    except OrchestrateError as exc:  # DataError: missing root, label files, images
-        fail(exc.render(), exc.exit_code)
-
-
-def build_tasks(
-    cfg: TrainConfig, ds: Any, task_names: list[str]
-) -> tuple[list[T.TaskSpec], list[float] | None]:
-    """The tasks (heads) and the age bins; with year ranks (CORAL: 21..60 → 40 ranks) one class per year."""
-    age_bins = cfg.age_bins
-    if config_mod.year_ranks(
-        cfg
-    ):  # one rank per year of age_range (CORAL: 21..60 → 40 ranks, errors in years)
-        assert cfg.age_range is not None
-        age_bins = [float(a) for a in range(cfg.age_range[0] + 1, cfg.age_range[1] + 1)]
-    tasks = T.build_tasks(task_names, ds.classes, age_bins=age_bins, loss_weights=cfg.loss_weights)
-    if config_mod.year_ranks(cfg) and cfg.age_range is not None:
-        for t in tasks:
-            if t.label == "age_group":
-                t.classes = [str(a) for a in range(cfg.age_range[0], cfg.age_range[1] + 1)]
-    return tasks, age_bins
-
-
-def split_dataset(
-    cfg: TrainConfig, ds: Any, tasks: list[T.TaskSpec], age_bins: list[float] | None, multi: bool
-) -> dict[str, np.ndarray]:
-    """Train/val/test indices (of the samples the tasks have labels for, within age_range)."""
-    if multi:
-        required = None  # samples need at least one of the tasks' labels (load_data)
-    elif tasks[0].kind == "regression" or (age_bins and tasks[0].label == "age_group"):
-        required = "age"
-    else:
-        required = tasks[0].label
-    split_opts: dict[str, Any] = {
-        "test_fold": cfg.fold,
-        "val_fraction": cfg.val_fraction,
-        "seed": cfg.split_seed,
-        "require": required,
-    }
-    if cfg.split_fractions is not None:
-        split_opts["fractions"] = cfg.split_fractions
-    if cfg.split_lists is not None:
-        split_opts["lists"] = cfg.split_lists
-    try:
-        splits: dict[str, np.ndarray] = ds.split(**split_opts)
-    except OrchestrateError as exc:  # DataError: e.g. no file of a split list under the root
-        fail(exc.render(), exc.exit_code)
-    if cfg.age_range is not None:  # only ages lo..hi (inclusive), in every split
-        lo, hi = cfg.age_range
-        ages = np.asarray(ds.labels["age"], dtype=np.float64)
-        for name, idx in splits.items():
-            splits[name] = idx[(ages[idx] >= lo) & (ages[idx] <= hi)]
-    return splits
-
-
-def split_sizes(data: Data) -> tuple[tuple[str, np.ndarray], ...]:
-    return (("train", data.train_idx), ("val", data.splits["val"]), ("test", data.splits["test"]))
-
-
-def stored_size(cfg: TrainConfig, image_size: int) -> int:
-    """Levi–Hassner geometry: faces stored at crop_from (256 for 227) and cropped, never rescaled, so training
-    (random crops), validation (centre crop) and the 10-crop test all see faces at one scale."""
-    if not cfg.random_crop:
-        return image_size
-    size = cfg.crop_from or round(image_size * 256 / 227)
-    if size <= image_size:
-        fail(f"crop_from: {size} must be larger than the input size {image_size} (image_size)")
-    print(
-        f"input: faces at {size} px; random {image_size} px crops (train), the centre crop (val)"
-        + (", 10 crops (test)" if cfg.oversample_test else ", the centre crop (test)")
-    )
-    return size
-
-
-def load_images(cfg: TrainConfig, data: Data) -> None:
-    """The decoded images; the undecodable ones (rows of zeros in the cache) leave every split."""
-    try:
-        data.images = datasets.decoded(data.ds, data.stored_size)
-    except OrchestrateError as exc:  # DataError: too many undecodable images
-        fail(exc.render(), exc.exit_code)
-    ds = data.ds
-    bad_mask = np.asarray(ds.info.get("bad_mask", np.zeros(len(ds), dtype=bool)), dtype=bool)
-    if not bad_mask.any():
-        return
-    dropped = {}
-    for name in ("train", "val", "test"):
-        idx = data.train_idx if name == "train" else data.splits[name]
-        keep = ~bad_mask[idx]
-        dropped[name] = int((~keep).sum())
-        if name == "train":
-            data.train_idx = idx[keep]
-        else:
-            data.splits[name] = idx[keep]
-    n_bad = sum(dropped.values())
-    print(
-        f"data: dropped {n_bad} undecodable images ("
-        + ", ".join(f"{k} {v}" for k, v in dropped.items())
-        + f"; {int(bad_mask.sum())} in the whole dataset, e.g. "
-        + ", ".join(str(ds.paths[i]) for i in np.flatnonzero(bad_mask)[:3])
-        + ")"
-    )
-    print(
-        f"data: {cfg.dataset} at {data.root}: train {len(data.train_idx)}, val {len(data.splits['val'])}, "
-        f"test {len(data.splits['test'])}"
-    )
-    protocol.emit("info", undecodable_images=n_bad, undecodable_by_split=dropped)
-    for name, idx in split_sizes(data):
-        if len(idx) == 0:
-            fail(f"the {name} split is empty once undecodable images are dropped")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,112 +256,6 @@ def build_loop(cfg: TrainConfig, data: Data, model: Model, dev: Device) -> Loop:
         "weights": loss_w,
     }
     return Loop(train_loader, loader_kw, steps_per_epoch, schedule, swa, eval_bs, loss_kw)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# evaluation
-def evaluate(
-    cfg: TrainConfig,
-    data: Data,
-    model: Model,
-    loop: Loop,
-    dev: Device,
-    m: torch.nn.Module,
-    idx: np.ndarray,
-    split: str,
-    oversample_test: bool = False,
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Loss and metrics of model ``m`` on ``idx``; also the raw predictions per task (for plots and tables)."""
-    tasks = data.tasks
-    out = predict(data, model, loop, dev, m, idx, oversample_test)
-    tgt = {t.name: torch.as_tensor(data.targets[t.name][idx], device=out[t.name].device) for t in tasks}
-    loss, _ = T.compute_loss(out, tgt, tasks, **{**loop.loss_kw, "label_smoothing": 0.0, "weights": None})
-    res: dict[str, float] = {f"{split}/loss": float(loss)}
-    preds: dict[str, Any] = {}
-    accs, maes = [], []
-    for t in tasks:
-        pred, probs = T.decode(out[t.name], t, cfg.age_scale)
-        y = data.targets[t.name][idx]
-        preds[t.name] = (y, pred, probs)
-        p = f"{split}/{T.metric_prefix(t, data.multi)}"
-        if t.kind == "regression":
-            r = M.regression_metrics(y, pred)
-            maes.append(r["mae"])
-        else:
-            r = M.classification_metrics(
-                y, pred, t.num_classes, ordinal=t.ordinal, class_names=t.classes, per_class=True
-            )
-            accs.append(r["acc"])
-            if t.label == "age_group" and config_mod.year_ranks(cfg):  # ranks are years: MAE in years
-                ok = np.asarray(y) >= 0
-                r["mae"] = float(np.abs(np.asarray(pred)[ok] - np.asarray(y)[ok]).mean()) if ok.any() else 0.0
-        res.update({p + k: v for k, v in r.items()})
-    if data.multi:  # aggregates, so the default sweep metrics (val/acc, val/mae) exist for multitask too
-        if accs:
-            res[f"{split}/acc"] = float(np.mean(accs))
-        if maes:
-            res[f"{split}/mae"] = float(np.mean(maes))
-    return res, preds
-
-
-def predict(
-    data: Data,
-    model: Model,
-    loop: Loop,
-    dev: Device,
-    m: torch.nn.Module,
-    idx: np.ndarray,
-    oversample_test: bool,
-) -> dict[str, torch.Tensor]:
-    """The outputs of ``m`` on ``idx``, per task (float32)."""
-    m.eval()
-    tasks = data.tasks
-    outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
-    with torch.no_grad(), dev.autocast:
-        kw = dict(loop.loader_kw)
-        if oversample_test:  # Levi–Hassner: the whole stored face (256), cropped 10 times at image_size (227)
-            kw.update(input_size=data.stored_size, crop=None)
-        for x, _ in DeviceLoader(data.images, data.targets, idx, loop.eval_bs, **kw):
-            if oversample_test:  # 4 corners + centre and their mirrors, probabilities averaged
-                out = T.average_outputs(
-                    m(oversample(x, model.image_size).contiguous(memory_format=dev.memory_format)), tasks, 10
-                )
-            else:
-                out = m(x.contiguous(memory_format=dev.memory_format))
-            for t in tasks:
-                outs[t.name].append(out[t.name].float())
-    return {k: torch.cat(v) for k, v in outs.items()}
-
-
-def train_hits(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """(correct, labelled) predictions of one training batch, on the device (read once per epoch)."""
-    out = out.detach().float()
-    pred = T.coral_decode(out)[0] if kind == "coral" else out.argmax(dim=1)
-    y = y.reshape(-1)
-    keep = y >= 0
-    return torch.stack((((pred.reshape(-1) == y) & keep).sum(), keep.sum())).float()
-
-
-def train_accuracy(data: Data, hits: dict[str, torch.Tensor]) -> dict[str, float]:
-    """``train/acc`` (the mean over classification tasks, as ``val/acc``) and, multitask, each task's."""
-    accs: dict[str, float] = {}
-    for t in data.tasks:
-        if t.name in hits:
-            correct, n = (float(v) for v in hits[t.name])
-            if n:
-                accs[f"train/{T.metric_prefix(t, data.multi)}acc"] = correct / n
-    if data.multi and accs:
-        accs["train/acc"] = float(np.mean(list(accs.values())))
-    return accs
-
-
-def reported(metrics: dict[str, float]) -> dict[str, float]:
-    """The protocol's subset: no per-class precision/recall (those go to W&B)."""
-    return {
-        k: v
-        for k, v in metrics.items()
-        if "precision/" not in k and "recall/" not in k and k not in ("epoch_time", "train/img_s")
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -788,37 +518,3 @@ def final_model(
         model.net.load_state_dict(best_ck["model"])
         model.model.coral.load_state_dict(best_ck["coral"])
     return model.model, False
-
-
-def write_confusions(rd: RunDir, data: Data, test_preds: dict[str, Any], val_preds: dict[str, Any]) -> None:
-    """Confusion matrices on disk too (the report draws them; W&B gets them as plots)."""
-    confusions: dict[str, Any] = {}
-    for t in data.tasks:
-        if t.kind != "regression":
-            for split, preds in (("test", test_preds), ("val", val_preds)):
-                y, pred, _ = preds[t.name]
-                matrix = M.confusion(np.asarray(y), np.asarray(pred), len(t.classes))
-                confusions[f"{split}/{t.name}"] = {"classes": list(t.classes), "matrix": matrix.tolist()}
-    atomic_write_json(rd.path / "confusion.json", confusions)
-
-
-def log_predictions(
-    cfg: TrainConfig, data: Data, logger: Logger, test_preds: dict[str, Any], val_preds: dict[str, Any]
-) -> None:
-    """W&B: the confusion plots and a table of the first test images with their true and predicted labels."""
-    test_idx = data.splits["test"]
-    n_show = min(cfg.log_samples, len(test_idx))
-    columns: dict[str, list[Any]] = {}
-    for t in data.tasks:
-        y, pred, probs = test_preds[t.name]
-        if t.kind == "regression":
-            columns[f"{t.name} true"] = [float(v) for v in y[:n_show]]
-            columns[f"{t.name} pred"] = [round(float(v), 1) for v in pred[:n_show]]
-        else:
-            logger.confusion(f"test/{t.name}_confusion", y, pred, t.classes, f"{t.name} (test)")
-            vy, vpred, _ = val_preds[t.name]
-            logger.confusion(f"val/{t.name}_confusion", vy, vpred, t.classes, f"{t.name} (val, final model)")
-            columns[f"{t.name} true"] = [t.classes[v] if v >= 0 else "?" for v in y[:n_show]]
-            columns[f"{t.name} pred"] = [t.classes[v] for v in pred[:n_show]]
-            columns[f"{t.name} conf"] = [round(float(probs[i].max()), 3) for i in range(n_show)]
-    logger.samples("test/predictions", np.asarray(data.images[test_idx[:n_show]]), columns)

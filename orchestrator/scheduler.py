@@ -503,7 +503,9 @@ class Controller(Coordination):
             part.run_dir.write_trial(trial_spec)
             job = Job(key=f"{rt.key}{suffix}", slot=slot, run_dir=part.run_dir, argv=[], spec=trial_spec)
             job.argv = self._argv(spec, part.run_dir, nested)
-            env = self._env(spec, slot, part.run_dir, number, part.wandb_id, part.fold, trial_spec.params)
+            env = self._env(
+                spec, slot, part.run_dir, number, part.wandb_id, part.fold, params=trial_spec.params
+            )
             self.executor.submit(job, env, PROJECT_ROOT if spec.experiment else Path.cwd())
         except Exception as exc:
             fault = fl.fault_of(exc)
@@ -594,7 +596,8 @@ class Controller(Coordination):
         number: int,
         wandb_id: str,
         fold: int | None = None,
-        params: dict[str, Any] | None = None,
+        *,
+        params: dict[str, Any],  # the trial's (TrialSpec.params): a program's W&B parameters file
     ) -> dict[str, str]:
         env = self._process_env(spec, slot)
         env.update({"ORCHESTRATE_RUN_DIR": str(run_dir.path.resolve()), "ORCHESTRATE_TRIAL": str(number)})
@@ -620,7 +623,7 @@ class Controller(Coordination):
         if not spec.experiment:
             # a user's W&B program: the parameters file a W&B agent gives (wandb_env.py)
             param_path = sweep_param_path(run_dir.path.resolve(), sweep_id, wandb_id)
-            write_sweep_params(param_path, params or {})
+            write_sweep_params(param_path, params)
         env.update(
             child_env(
                 mode=self.opts.wandb_mode,

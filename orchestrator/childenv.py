@@ -84,7 +84,15 @@ class ChildEnv:
             return
 
     def _env(
-        self, spec: Any, slot: Slot, run_dir: RunDir, number: int, wandb_id: str, fold: int | None = None
+        self,
+        spec: Any,
+        slot: Slot,
+        run_dir: RunDir,
+        number: int,
+        wandb_id: str,
+        fold: int | None = None,
+        *,
+        params: dict[str, Any],  # the trial's (TrialSpec.params): a program's W&B parameters file
     ) -> dict[str, str]:
         env = self._process_env(spec, slot)
         env.update({"ORCHESTRATE_RUN_DIR": str(run_dir.path.resolve()), "ORCHESTRATE_TRIAL": str(number)})
@@ -110,7 +118,7 @@ class ChildEnv:
         if not spec.experiment:
             # a user's W&B program: the parameters file a W&B agent gives (wandb_env.py)
             param_path = sweep_param_path(run_dir.path.resolve(), sweep_id, wandb_id)
-            write_sweep_params(param_path, run_dir.read_trial().get("params") or {})
+            write_sweep_params(param_path, params)
         env.update(
             child_env(
                 mode=self.opts.wandb_mode,

@@ -43,6 +43,7 @@ from typing import Any
 from orchestrator.spec.model import HostSpec
 from orchestrator.trial.errors import RunError
 from orchestrator.trial.rundir import PROJECT_ROOT
+from orchestrator.trial.spec import TrialSpec
 
 DATA_DIR = "data"  # under the host's <workdir>/.orchestrate
 MANIFEST_SUFFIX = ".manifest"
@@ -51,7 +52,8 @@ SYNC_LOG = "sync.log"
 
 @dataclass(frozen=True)
 class Unit:
-    """One folder a trial reads: ``field`` of trial.json (``data_root`` or ``params.data_root``) → ``src``."""
+    """One folder a trial reads: ``field`` of trial.json (``data_root`` or ``params.data_root``, dotted as
+    :meth:`TrialSpec.map_paths` names it) → ``src``."""
 
     field: str
     src: Path
@@ -74,12 +76,11 @@ def _resolved(experiment: str, params: dict[str, Any]) -> dict[str, Any]:
 WEIGHT_PARAMS = ("pretrained", "init_checkpoint")  # parameters that may name a weights file
 
 
-def weight_units(trial: dict[str, Any]) -> list[Unit]:
+def weight_units(trial: TrialSpec) -> list[Unit]:
     """The weights files on this machine a trial starts from (its ``pretrained`` / ``init_checkpoint``)."""
-    params = trial.get("params") or {}
     found = []
     for key in WEIGHT_PARAMS:
-        value = params.get(key)
+        value = trial.params.get(key)
         if isinstance(value, str) and value.strip() and value.lower() not in ("true", "false"):
             path = _local(value)
             if path.is_file():
@@ -87,19 +88,18 @@ def weight_units(trial: dict[str, Any]) -> list[Unit]:
     return found
 
 
-def units(trial: dict[str, Any]) -> list[Unit]:
+def units(trial: TrialSpec) -> list[Unit]:
     """What a trial reads from this machine: the dataset folders of a built-in experiment (none for a program,
     or synthetic data), and the weights files it starts from."""
-    return _dataset_units(trial) + weight_units(trial)
+    return _dataset_units(trial.experiment, trial.params, trial.data_root) + weight_units(trial)
 
 
-def _dataset_units(trial: dict[str, Any]) -> list[Unit]:
-    if not trial.get("experiment"):
+def _dataset_units(experiment: str | None, params: dict[str, Any], data_root: str | None) -> list[Unit]:
+    if not experiment:
         return []
-    params = trial.get("params") or {}
     dataset: str | None = None
     own_root: str | None = None
-    res = _resolved(str(trial["experiment"]), params)
+    res = _resolved(experiment, params)
     if res.get("ok"):
         dataset, own_root = res.get("dataset"), res.get("data_root")
     else:  # bad params: the trial will say so itself
@@ -107,14 +107,31 @@ def _dataset_units(trial: dict[str, Any]) -> list[Unit]:
         own_root = own if isinstance(own, str) else None
         dataset = params.get("dataset") if isinstance(params.get("dataset"), str) else None
     if own_root:  # the experiment's own data_root parameter wins over the sweep's (experiments/train.py)
-        return [Unit("params.data_root", _local(own_root))]
-    base = trial.get("data_root")
-    if not base:
+        return [Unit(_param_field(params, "data_root", own_root), _local(own_root))]
+    if not data_root:
         return []
-    root = _local(str(base))
+    root = _local(str(data_root))
     if dataset and (root / dataset).is_dir():
         return [Unit("data_root", root / dataset)]  # the trial falls back to "the dataset's own root" there
     return [Unit("data_root", root)]
+
+
+def _param_field(params: dict[str, Any], name: str, value: str, where: str = "params") -> str:
+    """The dotted field of ``params`` holding ``name`` = ``value``: ``params.data_root``, or one the experiment
+    flattens to it (``params.data.data_root``: a group, or a dotted key); ``params.<name>`` when none does."""
+    return _find_field(params, name, value, where) or f"{where}.{name}"
+
+
+def _find_field(params: dict[str, Any], name: str, value: str, where: str) -> str | None:
+    for key, item in params.items():
+        if str(key).rsplit(".", 1)[-1] == name and item == value:
+            return f"{where}.{key}"
+    for key, item in params.items():
+        if isinstance(item, dict):
+            found = _find_field(item, name, value, f"{where}.{key}")
+            if found:
+                return found
+    return None
 
 
 def _local(path: str) -> Path:
@@ -171,15 +188,10 @@ def manifest(src: Path) -> Manifest:
     return Manifest(h.hexdigest()[:20], files, size)
 
 
-def remap(trial: dict[str, Any], copies: dict[str, str]) -> dict[str, Any]:
-    """``trial`` with the fields of ``copies`` (``data_root`` / ``params.data_root``) pointing at host copies."""
-    out = json.loads(json.dumps(trial))
-    for field_name, value in copies.items():
-        if field_name == "data_root":
-            out["data_root"] = value
-        elif field_name.startswith("params."):
-            out.setdefault("params", {})[field_name[len("params.") :]] = value
-    return out
+def remap(trial: TrialSpec, copies: dict[str, str]) -> TrialSpec:
+    """``trial`` with the fields of ``copies`` (``data_root``, ``params.data_root``, …; :attr:`Unit.field`)
+    naming the host's copies."""
+    return trial.map_paths(lambda field_name, value: copies.get(field_name, value))
 
 
 @dataclass
@@ -287,9 +299,8 @@ def sweep_units(sweeps: Sequence[Any]) -> list[Path]:
         except Exception:  # a sweep that cannot be sampled is reported by launch
             continue
         for flat in points:
-            trial = {"experiment": spec.experiment, "params": spec.parameters.nest(flat)}
-            trial["data_root"] = getattr(spec, "data_root", None)
-            for unit in _dataset_units(trial):
+            params = spec.parameters.nest(flat)
+            for unit in _dataset_units(spec.experiment, params, getattr(spec, "data_root", None)):
                 if unit.src not in found:
                     found.append(unit.src)
     return found

@@ -51,6 +51,7 @@ from orchestrator.states import PartState, QueueKind, Stop
 from orchestrator.sweep import SweepRunner, point_key
 from orchestrator.trial.errors import RunError
 from orchestrator.trial.rundir import PROJECT_ROOT, RunDir
+from orchestrator.trial.spec import TrialMetric, TrialSpec
 from orchestrator.wandb_env import new_run_id
 
 __all__ = [
@@ -380,25 +381,26 @@ class Controller(Coordination, ChildEnv, Progress):
                 nested["pretrained" if spec.experiment else "init_checkpoint"] = init
         suffix = "" if part.fold is None else f"-fold{part.fold}"
         try:
-            part.run_dir.create()
-            part.run_dir.write_trial(
-                {
-                    "sweep": spec.name,
-                    "trial": number,
-                    "attempt": rt.attempt,
-                    "fold": part.fold,
-                    "experiment": spec.experiment,
-                    "params": nested,
-                    "metric": {"name": spec.metric.name, "goal": spec.metric.goal} if spec.metric else None,
-                    "project": spec.project,
-                    "data_root": getattr(spec, "data_root", None),
-                    "seed": trial_seed(nested),
-                    "slot": slot.id,
-                }
+            trial_spec = TrialSpec(
+                sweep=spec.name,
+                trial=number,
+                attempt=rt.attempt,
+                fold=part.fold,
+                experiment=spec.experiment,
+                params=nested,
+                metric=TrialMetric(spec.metric.name, spec.metric.goal) if spec.metric else None,
+                project=spec.project,
+                data_root=getattr(spec, "data_root", None),
+                seed=trial_seed(nested),
+                slot=slot.id,
             )
-            job = Job(key=f"{rt.key}{suffix}", slot=slot, run_dir=part.run_dir, argv=[])
+            part.run_dir.create()
+            part.run_dir.write_trial(trial_spec)
+            job = Job(key=f"{rt.key}{suffix}", slot=slot, run_dir=part.run_dir, argv=[], spec=trial_spec)
             job.argv = self._argv(spec, part.run_dir, nested)
-            env = self._env(spec, slot, part.run_dir, number, part.wandb_id, part.fold)
+            env = self._env(
+                spec, slot, part.run_dir, number, part.wandb_id, part.fold, params=trial_spec.params
+            )
             self.executor.submit(job, env, PROJECT_ROOT if spec.experiment else Path.cwd())
         except Exception as exc:
             fault = fl.fault_of(exc)

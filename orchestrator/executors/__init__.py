@@ -37,7 +37,8 @@ def get_executor(
         specs = dict(slurm or {})
         return SlurmExecutor(events, specs, specs.get(""))
     if name in ("local", "routed", "ssh"):
-        from orchestrator.executors.ssh import RoutingExecutor, SSHExecutor
+        from orchestrator.executors.routing import RoutingExecutor
+        from orchestrator.executors.ssh import SSHExecutor
 
         if name == "ssh":
             return SSHExecutor(events, hosts, warm=warm)

@@ -20,6 +20,7 @@ from typing import Any
 
 from orchestrator.slots import Slot
 from orchestrator.trial.rundir import RunDir
+from orchestrator.trial.spec import TrialSpec
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Job:
     lost: str | None = None  # set (with the reason) when its host was lost: re-queue it, not a trial failure
     #: a remote job: a checkpoint was copied back to its run dir, of this announced epoch at least
     checkpoint_epoch: int | None = None
+    #: what it runs (written to its run dir as trial.json); None for a job built without one (tests, bench)
+    spec: TrialSpec | None = None
 
 
 class Executor(abc.ABC):

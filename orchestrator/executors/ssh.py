@@ -26,7 +26,8 @@ directory is sent there before the trial starts (:meth:`SSHExecutor._push`; othe
 emptied first, so a stale one from another launch is never resumed).
 
 The dataset folders a trial reads are copied to each host once (orchestrator/datasync.py), and its ``trial.json``
-names the host's copy.
+names the host's copy. What travels (the job's payload, the run directory both ways) is
+orchestrator/executors/ssh_transfer.py; the executor that mixes local and remote slots is routing.py.
 """
 
 from __future__ import annotations
@@ -35,54 +36,36 @@ import contextlib
 import json
 import os
 import queue
-import re
-import shlex
 import shutil
 import subprocess
-import sys
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from orchestrator import datasync
 from orchestrator import hosts as hs
+from orchestrator.executors import ssh_transfer as xfer
 from orchestrator.executors._base import Executor, Job
-from orchestrator.executors.local import LocalExecutor, _dies_with_parent
+from orchestrator.executors.local import _dies_with_parent
+from orchestrator.executors.ssh_transfer import LOGS, PID, _CheckpointSync
 from orchestrator.spec.model import HostSpec
 from orchestrator.trial import protocol
 from orchestrator.trial.errors import RunError
-from orchestrator.trial.rundir import CONTROLLER_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-#: environment passed to a remote trial even when the controller did not set it itself (secrets, W&B, HF)
-_PASS = re.compile(r"^(WANDB_.*|HF_.*|.*_API_KEY|.*_TOKEN|.*_SECRET)$")
-#: never copied from the controller's machine
-_DROP = {
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "PWD",
-    "OLDPWD",
-    "TMPDIR",
-    "VIRTUAL_ENV",
-    "SSH_AUTH_SOCK",
-}
-_LOGS = {"stdout.log", "stderr.log", "metrics.jsonl", "result.json"}
-_PID = "remote.pid"
-#: the controller's inputs in a run directory: sent in the job (paths mapped); the rest of it is the trial's own
-#: state (checkpoints, W&B run), sent as it is when there is any (a re-queued trial resumes from it)
-_INPUTS = CONTROLLER_FILES - _LOGS - {_PID}
-_PART = ".orch-part"  # a file being received into the controller's run directory
-#: the host's run directory, one ``TYPE SIZE MTIME PATH`` entry per file or link, NUL-separated
-_LIST = r"find . \( -type f -o -type l \) ! -name '*.tmp' -printf '%y %s %T@ %P\0'"
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+
+
+class _Failed(Exception):
+    """A remote job that cannot start: the line for its stderr.log and the exit code to report."""
+
+    def __init__(self, text: str, rc: int) -> None:
+        super().__init__(text)
+        self.text, self.rc = text, rc
 
 
 class SSHExecutor(Executor):
@@ -119,56 +102,11 @@ class SSHExecutor(Executor):
         data: dict[str, str] | None = None,
         paths: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """What the remote launcher gets on stdin: argv, environment and files, with local paths mapped.
-
-        ``data``: trial.json fields that name a dataset folder → the host's copy; ``paths``: weights files on
-        this machine → the host's copy, replaced wherever the trial names them (orchestrator/datasync.py)."""
+        """What the remote launcher gets on stdin (ssh_transfer.payload): argv, environment and files, with
+        local paths mapped; ``data``: trial.json fields → dataset copies, ``paths``: weights files → copies."""
         host = self.hosts[job.slot.host]
-        token = hs.WORKDIR_TOKEN
-        remote_rd = f"{token}/{self.remote_run_dir(job)}"
-        local_rd = str(job.run_dir.path.resolve())
-        cache = env.get("ORCHESTRATE_CACHE_DIR")
-        subs = sorted((paths or {}).items())  # weights files first: the most specific paths
-        subs += [(local_rd, remote_rd), (str(job.run_dir.path), remote_rd)]
-        if cache:
-            subs.append((cache, f"{token}/{hs.STATE_DIR}/cache"))
-        subs.append((str(PROJECT_ROOT), token))
-
-        def mapped(value: str) -> str:
-            for old, new in subs:
-                value = value.replace(old, new)
-            return value
-
-        renv: dict[str, str] = {}
-        for k, v in env.items():
-            if k in _DROP:
-                continue
-            if os.environ.get(k) == v and not _PASS.match(k):
-                continue  # the controller's own environment stays here
-            renv[k] = mapped(v)
-        renv["PYTHONPATH"] = token
-        argv: list[str] = []
-        for a in job.argv:
-            if a == sys.executable:
-                argv += hs.python_argv(host)
-            else:
-                argv.append(mapped(a))
-        files: dict[str, str] = {}
-        for f in job.run_dir.path.iterdir():
-            if f.name in _INPUTS and f.is_file():
-                with contextlib.suppress(UnicodeDecodeError):
-                    text = f.read_text(encoding="utf-8")
-                    if f.name == job.run_dir.trial_json.name and data:
-                        text = json.dumps(datasync.remap(json.loads(text), data), indent=2)
-                    files[f.name] = mapped(text)
-        return {
-            "argv": argv,
-            "env": renv,
-            "run_dir": remote_rd,
-            "files": files,
-            "grace": 10,
-            "warm": self.warm,
-        }
+        remote_rd = f"{hs.WORKDIR_TOKEN}/{self.remote_run_dir(job)}"
+        return xfer.payload(job, env, host, remote_rd, self.warm, data, paths)
 
     def _run(self, job: Job, env: dict[str, str]) -> None:
         try:
@@ -181,79 +119,99 @@ class SSHExecutor(Executor):
 
     def _run_job(self, job: Job, env: dict[str, str]) -> None:
         host = self.hosts[job.slot.host]
-        stderr_log = open(job.run_dir.stderr_log, "ab")  # noqa: SIM115 - closed below
-        try:
+        with open(job.run_dir.stderr_log, "ab") as stderr_log:
             try:
-                self.sync.ensure(host, self.ctl)
+                body, skip, seen = self._prepare(job, env, host, stderr_log)
             except hs.HostUnreachable as exc:
                 self._lost(job, str(exc))
                 return
-            except RunError as exc:  # with its hint, as for the datasets below
-                stderr_log.write(f"orchestrate: {exc.render()}\n".encode())
-                self._exit(job, 1)
+            except _Failed as exc:
+                stderr_log.write(f"orchestrate: {exc.text}\n".encode())
+                self._exit(job, exc.rc)
                 return
-            try:  # the datasets it reads: copied to this host once (then its trial.json names the copy)
-                data, paths = self._datasets(job, host, stderr_log)
-            except hs.HostUnreachable as exc:
-                self._lost(job, str(exc))
-                return
-            except RunError as exc:
-                stderr_log.write(f"orchestrate: {exc.render()}\n".encode())
-                self._exit(job, 1)
-                return
-            try:
-                body = self.payload(job, env, data, paths)
-            except Exception as exc:  # a bug or unreadable run dir: fail the trial, not the controller
-                stderr_log.write(f"orchestrate: cannot prepare the remote job: {exc}\n".encode())
-                self._exit(job, 1)
-                return
-            skip = set(body["files"]) | _LOGS | {_PID}
-            try:  # what it resumes from (a checkpoint copied back from a host that was lost)
-                seen = self._push(job, host, skip)
-            except hs.HostUnreachable as exc:
-                self._lost(job, str(exc))
-                return
-            except (RunError, OSError, tarfile.TarError) as exc:
-                stderr_log.write(
-                    f"orchestrate: cannot send the run directory to {host.name}: {exc}\n".encode()
-                )
-                self._exit(job, 1)
-                return
-            body["fresh"] = seen is None  # nothing sent: the launcher empties the host's run directory
             syncer = _CheckpointSync(self, job, host, skip, seen or {})
-            command = hs.in_workdir(host, [*hs.python_argv(host), "-u", "-m", "orchestrator.remote"])
-            try:
-                # setpriv --pdeathsig where it exists: no fork of the whole controller per trial start
-                argv, preexec = _dies_with_parent(
-                    hs.ssh_argv(host, self.ctl, command), dict(os.environ), Path.cwd()
-                )
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr_log,
-                    start_new_session=True,
-                    preexec_fn=preexec,
-                )
-            except OSError as exc:
-                stderr_log.write(f"orchestrate: cannot run ssh: {exc}\n".encode())
-                self._exit(job, 127)
+            proc = self._start(job, host, body, stderr_log)
+            if proc is None:
                 return
-            job.handle = proc
-            job.pid = proc.pid
-            assert proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError, OSError):
-                proc.stdin.write((json.dumps(body) + "\n").encode())
-                proc.stdin.flush()
             try:
                 remote_exit, files = self._pump(job, proc, syncer)
                 rc = proc.wait()
             finally:
                 syncer.close()  # a copy in flight finishes (or fails) before the exit is reported
             with contextlib.suppress(OSError):
+                assert proc.stdin is not None
                 proc.stdin.close()
-        finally:
-            stderr_log.close()
+        self._ended(job, host, remote_exit, rc, files, skip, syncer.seen)
+
+    def _prepare(
+        self, job: Job, env: dict[str, str], host: HostSpec, log: IO[bytes]
+    ) -> tuple[dict[str, Any], set[str], dict[str, str] | None]:
+        """The code and the datasets on the host, the job's payload, and its run directory sent there:
+        (payload, names never copied back, the host's listing after the send or None: nothing was sent).
+        Raises HostUnreachable (the host is lost) or _Failed (the trial fails)."""
+        try:
+            self.sync.ensure(host, self.ctl)
+            # the datasets it reads: copied to this host once (then its trial.json names the copy)
+            data, paths = self._datasets(job, host, log)
+        except hs.HostUnreachable:
+            raise
+        except RunError as exc:  # with its hint
+            raise _Failed(exc.render(), 1) from exc
+        try:
+            body = self.payload(job, env, data, paths)
+        except Exception as exc:  # a bug or unreadable run dir: fail the trial, not the controller
+            raise _Failed(f"cannot prepare the remote job: {exc}", 1) from exc
+        skip = set(body["files"]) | LOGS | {PID}
+        try:  # what it resumes from (a checkpoint copied back from a host that was lost)
+            seen = self._push(job, host, skip)
+        except hs.HostUnreachable:
+            raise
+        except (RunError, OSError, tarfile.TarError) as exc:
+            raise _Failed(f"cannot send the run directory to {host.name}: {exc}", 1) from exc
+        body["fresh"] = seen is None  # nothing sent: the launcher empties the host's run directory
+        return body, skip, seen
+
+    def _start(
+        self, job: Job, host: HostSpec, body: dict[str, Any], log: IO[bytes]
+    ) -> subprocess.Popen[bytes] | None:
+        """Start the ssh session of the remote launcher and send it the job; None: ssh could not run."""
+        command = hs.in_workdir(host, [*hs.python_argv(host), "-u", "-m", "orchestrator.remote"])
+        try:
+            # setpriv --pdeathsig where it exists: no fork of the whole controller per trial start
+            argv, preexec = _dies_with_parent(
+                hs.ssh_argv(host, self.ctl, command), dict(os.environ), Path.cwd()
+            )
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        except OSError as exc:
+            log.write(f"orchestrate: cannot run ssh: {exc}\n".encode())
+            self._exit(job, 127)
+            return None
+        job.handle = proc
+        job.pid = proc.pid
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, OSError):
+            proc.stdin.write((json.dumps(body) + "\n").encode())
+            proc.stdin.flush()
+        return proc
+
+    def _ended(
+        self,
+        job: Job,
+        host: HostSpec,
+        remote_exit: int | None,
+        rc: int,
+        files: int,
+        skip: set[str],
+        seen: dict[str, str],
+    ) -> None:
+        """Report the end of the session: the trial's exit once its files are copied back, or the host lost."""
         if remote_exit is None:  # the launcher never reported the trial's end
             if job.stopping is None and rc == 255:
                 self._lost(job, f"host {host.name}: connection lost (ssh exit 255)")
@@ -262,7 +220,7 @@ class SSHExecutor(Executor):
             return
         try:
             if files != 0:  # the trial wrote files (or did not say): copy back what the last copy lacks
-                self._pull(job, host, skip, syncer.seen)
+                self._pull(job, host, skip, seen)
         except (hs.HostUnreachable, OSError, tarfile.TarError, subprocess.SubprocessError) as exc:
             with open(job.run_dir.stderr_log, "ab") as fh:
                 fh.write(
@@ -300,13 +258,11 @@ class SSHExecutor(Executor):
     def _datasets(self, job: Job, host: HostSpec, log: Any) -> tuple[dict[str, str], dict[str, str]]:
         """Copy the dataset folders and weights files the trial reads to the host (once per host):
         (trial.json fields → folder copies, weights file paths → file copies)."""
-        try:
-            trial = job.run_dir.read_trial()
-        except (OSError, ValueError):
+        if job.spec is None:  # a job built without a spec (tests): it reads nothing of this machine
             return {}, {}
         copies: dict[str, str] = {}
         paths: dict[str, str] = {}
-        for unit in datasync.units(trial):
+        for unit in datasync.units(job.spec):
             if datasync.host_has(host, unit.src):
                 continue  # the host's own copy, at the same path
             note = self.data.ensure(host, self.ctl, unit.src)
@@ -320,118 +276,17 @@ class SSHExecutor(Executor):
                 copies[unit.field] = copy
         return copies, paths
 
-    def _listing(self, host: HostSpec, rel: str) -> dict[str, str] | None:
-        """``{path: "TYPE SIZE MTIME"}`` of the host's run directory (None: it does not exist; ``{".": ""}``:
-        the host's ``find`` cannot list it — not GNU find — so everything is copied)."""
-        command = f"cd {hs.remote_path(host.workdir)} && {{ cd {shlex.quote(rel)} 2>/dev/null || exit 3; }} && {_LIST}"
-        try:
-            proc = subprocess.run(
-                hs.ssh_argv(host, self.ctl, command),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise hs.HostUnreachable(f"host {host.name}: no answer within 120s") from exc
-        if proc.returncode == 255:
-            raise hs.HostUnreachable(f"host {host.name}: {proc.stderr.decode(errors='replace').strip()}")
-        if proc.returncode == 3:
-            return None
-        found = _parse_listing(proc.stdout.decode("utf-8", "surrogateescape"))
-        if not found and proc.returncode != 0:
-            return {".": ""}
-        return found  # find's own complaints (a file gone while it looked) leave the rest of the list
-
     def _push(self, job: Job, host: HostSpec, skip: set[str]) -> dict[str, str] | None:
         """Send the controller's run directory (e.g. the checkpoint a re-queued job resumes from) to the host,
         replacing the host's; returns the host's listing after it (None: there was nothing to send)."""
-        local = job.run_dir.path
-        names = _local_files(local, skip)
-        if not names:
-            return None
-        rel = shlex.quote(self.remote_run_dir(job))
-        command = (
-            f"cd {hs.remote_path(host.workdir)} && rm -rf {rel} && mkdir -p {rel} && cd {rel} && "
-            f"tar -xf - && {{ {_LIST} || true; }}"
-        )
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                hs.ssh_argv(host, self.ctl, command), stdin=subprocess.PIPE, stdout=out, stderr=err
-            )
-            assert proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError, OSError):
-                with tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
-                    for name in names:
-                        tar.add(str(local / name), arcname=name, recursive=False)
-                proc.stdin.close()
-            rc = proc.wait()
-            out.seek(0)
-            err.seek(0)
-            listing, message = (
-                out.read().decode("utf-8", "surrogateescape"),
-                err.read().decode(errors="replace"),
-            )
-        if rc == 255:
-            raise hs.HostUnreachable(f"host {host.name}: {message.strip() or 'ssh exit 255'}")
-        if rc != 0:
-            raise RunError(message.strip() or f"exit {rc}")
-        return _parse_listing(listing)
+        return xfer.push(host, self.ctl, job.run_dir.path, self.remote_run_dir(job), skip)
 
     def _pull(
         self, job: Job, host: HostSpec, skip: set[str], seen: dict[str, str], last: tuple[str, ...] = ()
     ) -> int:
-        """Copy back the files of the host's run directory that changed since ``seen`` (updated); all are
-        received under temporary names and renamed into place once the whole copy arrived (``last`` last).
-        Returns the number of files copied."""
-        rel = self.remote_run_dir(job)
-        listing = self._listing(host, rel)
-        if listing is None:
-            return 0
-        want = sorted(
-            n
-            for n, sig in listing.items()
-            if n == "." or (n.split("/")[0] not in skip and seen.get(n) != sig and not _partial(n))
-        )
-        if not want:
-            return 0
-        command = (
-            f"cd {hs.remote_path(host.workdir)} && cd {shlex.quote(rel)} && "
-            f"tar -cf - -- {' '.join(shlex.quote(n) for n in want)}"
-        )
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                hs.ssh_argv(host, self.ctl, command),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-            )
-            assert proc.stdout is not None
-            try:
-                staged = _receive(proc.stdout, job.run_dir.path, skip)
-            except BaseException:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-                raise
-            proc.stdout.close()
-            rc = proc.wait()
-            err.seek(0)
-            message = err.read().decode(errors="replace").strip()
-        if rc == 255:  # the host went away: the copy may be short, keep the previous files
-            _discard(staged)
-            raise hs.HostUnreachable(f"host {host.name}: {message or 'ssh exit 255'}")
-        # tar's own complaints (a file that vanished or grew while read) still leave whole members
-        staged.sort(key=lambda s: s[0] in last)
-        for name, tmp, target in staged:
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                _discard([(name, tmp, target)])
-                continue
-            if name in listing:
-                seen[name] = listing[name]
-        return len(staged)
+        """Copy back the files of the host's run directory that changed since ``seen`` (updated), ``last``
+        renamed into place last; the number of files copied."""
+        return xfer.pull(host, self.ctl, self.remote_run_dir(job), job.run_dir.path, skip, seen, last)
 
     def _exit(self, job: Job, rc: int) -> None:
         job.ended = time.time()
@@ -523,196 +378,3 @@ class SSHExecutor(Executor):
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 hs.close_master(host, self.ctl)
         shutil.rmtree(self.ctl, ignore_errors=True)
-
-
-class _CheckpointSync:
-    """Copies a running remote job's new files back after each checkpoint event, one copy at a time.
-
-    ``request`` only records the newest epoch and wakes the copier thread: a checkpoint that arrives while a
-    copy runs is taken by the next copy (one copy of the newest, not one per epoch).
-    """
-
-    def __init__(
-        self, ex: SSHExecutor, job: Job, host: HostSpec, skip: set[str], seen: dict[str, str]
-    ) -> None:
-        self.ex, self.job, self.host, self.skip = ex, job, host, skip
-        self.seen = seen  # path → listing entry of the files the controller holds
-        self._cond = threading.Condition()
-        self._wanted: tuple[int, float] | None = None  # (epoch, when asked)
-        self._names: set[str] = set()  # the checkpoint files: renamed into place last
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._failed = False
-
-    def request(self, event: dict[str, Any]) -> None:
-        try:
-            epoch = int(event.get("epoch", 0))
-        except (TypeError, ValueError):
-            epoch = 0
-        path = str(event.get("path") or "")
-        with self._cond:
-            if self._closed:
-                return
-            if path and not os.path.isabs(path):
-                self._names.add(path)
-            if self._wanted is None or epoch >= self._wanted[0]:
-                self._wanted = (epoch, time.time())
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, daemon=True, name=f"ckpt-{self.job.key}")
-                self._thread.start()
-            self._cond.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._wanted is None and not self._closed:
-                    self._cond.wait()
-                if self._closed or self._wanted is None:
-                    return
-                (epoch, asked), self._wanted = self._wanted, None
-                last = tuple(sorted(self._names))
-            try:
-                self.ex._pull(self.job, self.host, self.skip, self.seen, last=last)
-            except (
-                hs.HostUnreachable,
-                OSError,
-                tarfile.TarError,
-                subprocess.SubprocessError,
-                ValueError,
-            ) as exc:
-                if not self._failed:  # said once per job; the next checkpoint tries again
-                    self._failed = True
-                    with contextlib.suppress(OSError), open(self.job.run_dir.stderr_log, "ab") as fh:
-                        fh.write(f"orchestrate: could not copy checkpoint {epoch} back: {exc}\n".encode())
-                continue
-            self.job.checkpoint_epoch = epoch
-            self.ex.sync_times.append(time.time() - asked)
-
-    def close(self) -> None:
-        """No more copies; wait for the one in flight (a pending one is dropped: the end of the job decides)."""
-        with self._cond:
-            self._closed = True
-            self._wanted = None
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-
-
-def _partial(name: str) -> bool:
-    """A file still being written (``*.tmp``) or received (``.<name>.orch-part``)."""
-    base = name.rsplit("/", 1)[-1]
-    return base.endswith((".tmp", _PART))
-
-
-def _parse_listing(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for entry in text.split("\0"):
-        parts = entry.split(" ", 3)
-        if len(parts) == 4 and parts[3]:
-            out[parts[3]] = " ".join(parts[:3])
-    return out
-
-
-def _local_files(root: Path, skip: set[str]) -> list[str]:
-    """Files and links under ``root`` (relative paths), minus the top-level names in ``skip``."""
-    names: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        rel = here.relative_to(root)
-        top = rel == Path(".")
-        for d in list(dirnames):
-            if top and d in skip:
-                dirnames.remove(d)
-            elif (here / d).is_symlink():  # sent as the link it is
-                dirnames.remove(d)
-                names.append(str(rel / d))
-        names += [str(rel / f) for f in filenames if not (top and f in skip) and not _partial(f)]
-    return sorted(names)
-
-
-def _receive(stream: Any, dest: Path, skip: set[str]) -> list[tuple[str, Path, Path]]:
-    """Unpack a tar stream into ``dest`` under temporary names: ``[(name, tmp, final)]`` (nothing renamed yet).
-
-    Members are checked with tarfile's ``data`` filter (no absolute paths, no links out of ``dest``)."""
-    staged: list[tuple[str, Path, Path]] = []
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                name = (member.name[2:] if member.name.startswith("./") else member.name).rstrip("/")
-                if not name or name == "." or name.split("/")[0] in skip or _partial(name):
-                    continue
-                member.name = name
-                try:
-                    member = tarfile.data_filter(member, str(dest))
-                except tarfile.FilterError:
-                    continue
-                target = dest / member.name
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                if not (member.isfile() or member.issym()):
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}{_PART}")
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                staged.append((name, tmp, target))
-                if member.issym():
-                    os.symlink(member.linkname, tmp)
-                    continue
-                src = tar.extractfile(member)
-                assert src is not None
-                with open(tmp, "wb") as fh:
-                    shutil.copyfileobj(src, fh, 1 << 20)
-                os.utime(tmp, (member.mtime, member.mtime))
-    except BaseException:
-        _discard(staged)
-        raise
-    return staged
-
-
-def _discard(staged: list[tuple[str, Path, Path]]) -> None:
-    for _, tmp, _ in staged:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-class RoutingExecutor(Executor):
-    """Local slots to a LocalExecutor, remote ones (``slot.host != "local"``) to an SSHExecutor."""
-
-    def __init__(
-        self, events: queue.Queue[tuple[str, Job, Any]], hosts: Sequence[HostSpec], warm: bool = False
-    ) -> None:
-        super().__init__(events)
-        self.local: Executor = LocalExecutor(events)
-        if warm:
-            from orchestrator.executors.warm import WarmExecutor
-
-            self.local = WarmExecutor(events)
-        self.remote = SSHExecutor(events, hosts, warm=warm)
-
-    def warm_up(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.local.warm_up(argv, env, cwd)
-
-    def _for(self, job: Job) -> Executor:
-        return self.local if job.slot.host == "local" else self.remote
-
-    def submit(self, job: Job, env: dict[str, str], cwd: Path) -> None:
-        self._for(job).submit(job, env, cwd)
-
-    def stop(self, job: Job, grace: float = 10.0) -> None:
-        self._for(job).stop(job, grace)
-
-    def host_lost(self, name: str) -> None:
-        self.remote.host_lost(name)
-
-    def hosts_back(self) -> list[str]:
-        return self.remote.hosts_back()
-
-    def cleanup(self, orphans: Sequence[dict[str, Any]]) -> list[str]:
-        return self.remote.cleanup(orphans)
-
-    def close(self) -> None:
-        self.remote.close()
-        self.local.close()

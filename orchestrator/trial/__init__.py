@@ -5,6 +5,8 @@
 - ``protocol``: the JSON lines a trial prints on stdout (``report``, ``summary``, ``checkpoint``) and their
   parser;
 - ``rundir``: ``RunDir``, the one class that owns every path of a run directory, and atomic writes;
+- ``spec``: ``TrialSpec``, the typed ``trial.json`` (what one job runs), written by the controller and read,
+  strictly, by the trial;
 - ``wandb_bridge``: the ``sitecustomize`` put first on a ``program:`` trial's ``PYTHONPATH`` that forwards its
   ``wandb.log`` calls as protocol lines.
 

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestrator.trial.spec import TrialSpec
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 # the checkout: experiments/, backbones/ and datasets/ are run from here, not installed as packages
@@ -126,15 +128,14 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
-    def read_trial(self) -> dict[str, Any]:
-        with open(self.trial_json, encoding="utf-8") as fh:
-            data: dict[str, Any] = json.load(fh)
-        return data
+    def read_trial(self) -> TrialSpec:
+        """``trial.json`` (OSError / ValueError: unreadable; TrialSpecError: not a trial spec)."""
+        return TrialSpec.read(self.trial_json)
 
-    def write_trial(self, data: dict[str, Any]) -> None:
+    def write_trial(self, spec: TrialSpec) -> None:
         # no fsync: a trial.json lost in a crash only means the trial is run again (it is on the hot path
         # between one trial ending and the next starting)
-        atomic_write_json(self.trial_json, data, durable=False)
+        atomic_write_text(self.trial_json, spec.to_json(), durable=False)
 
     def write_result(self, data: dict[str, Any]) -> None:
         atomic_write_json(self.result_json, data)

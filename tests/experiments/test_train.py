@@ -6,6 +6,7 @@ Real subprocesses, the real datasets/backbones packages, W&B offline (never onli
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import torch
 
 from orchestrator.trial.protocol import parse_line
 from orchestrator.trial.rundir import RunDir
+from orchestrator.trial.spec import TrialSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -58,17 +60,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def make_run(path: Path, params: dict[str, Any], metric: dict[str, str] | None = None) -> RunDir:
     rd = RunDir(path).create()
     rd.write_trial(
-        {
-            "sweep": "t",
-            "trial": 1,
-            "attempt": 1,
-            "experiment": "train",
-            "params": params,
-            "metric": metric or {"name": "val/acc", "goal": "maximize"},
-            "project": "faces-test",
-            "data_root": None,
-            "seed": 3,
-        }
+        TrialSpec.from_dict(
+            {
+                "sweep": "t",
+                "trial": 1,
+                "attempt": 1,
+                "experiment": "train",
+                "params": params,
+                "metric": metric or {"name": "val/acc", "goal": "maximize"},
+                "project": "faces-test",
+                "data_root": None,
+                "seed": 3,
+            }
+        )
     )
     return rd
 
@@ -171,8 +175,7 @@ def test_resume_from_checkpoint_last(
 ) -> None:
     rd, first = gender_run
     trial = rd.read_trial()
-    trial["params"]["epochs"] = 3
-    rd.write_trial(trial)
+    rd.write_trial(dataclasses.replace(trial, params={**trial.params, "epochs": 3}))
     rc, events, out = train(rd, env)
     assert rc == 0, out
     assert any(e.get("resumed_from_epoch") == 2 for e in of(events, "info"))

@@ -304,7 +304,7 @@ def test_real_training_resumes_on_another_host_with_its_dataset_copied_once_per_
 
 def test_a_copy_cut_short_leaves_the_previous_checkpoint_whole(tmp_path: Path) -> None:
     """What a host dying mid-copy leaves: the stream ends inside the new checkpoint, nothing is replaced."""
-    from orchestrator.executors.ssh import _discard, _receive
+    from orchestrator.executors.ssh_transfer import _discard, _receive
 
     dest = tmp_path / "run"
     (dest / "wandb").mkdir(parents=True)
@@ -333,7 +333,7 @@ def test_checkpoints_arriving_during_a_copy_are_coalesced_into_one_copy_of_the_n
     import types
 
     from orchestrator.executors._base import Job
-    from orchestrator.executors.ssh import _CheckpointSync
+    from orchestrator.executors.ssh_transfer import _CheckpointSync
     from orchestrator.slots import Slot
     from orchestrator.trial.rundir import RunDir
 

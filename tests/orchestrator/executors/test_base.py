@@ -14,8 +14,9 @@ import pytest
 
 from orchestrator.executors import Executor, Job
 from orchestrator.executors.local import LocalExecutor
+from orchestrator.executors.routing import RoutingExecutor
 from orchestrator.executors.slurm import SlurmExecutor
-from orchestrator.executors.ssh import RoutingExecutor, SSHExecutor
+from orchestrator.executors.ssh import SSHExecutor
 from orchestrator.executors.warm import WarmExecutor
 
 ORCHESTRATOR = Path(__file__).resolve().parents[3] / "orchestrator"

@@ -160,3 +160,19 @@ def test_a_forker_forks_a_worker_which_forks_and_reports_its_trials(tmp_path: Pa
         handle.close()
         forker.wait(timeout=30)
     assert forker.returncode == 0
+
+
+def test_the_remote_launcher_s_old_daemon_command_line_still_runs_one(tmp_path: Path) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="zo"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ORCHESTRATE_PRELOAD": "json"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.remote", "--zygote", str(folder), "old"], cwd=tmp_path, env=env
+    )
+    try:
+        _wait(lambda: (folder / "old.sock").exists())
+        (z,) = client.zygotes(folder)
+        assert z["pid"] == proc.pid and z["version"] == ""  # a box's: the synced code version (none here)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        shutil.rmtree(folder, ignore_errors=True)

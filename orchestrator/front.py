@@ -3,10 +3,10 @@
 A launch's own start-up is mostly imports (typer, rich, Optuna, SQLAlchemy, alembic and the controller's
 modules: ≈0.6 s of a quiet core, seconds on a busy one), paid again by every launch. With the zygote kept
 (``ORCHESTRATE_ZYGOTE``, on by default; executors/warm.py), ``orchestrate launch`` is forked by a **controller
-zygote**: orchestrator/remote.py's daemon, run locally (``--local``) with the controller's modules as its
+zygote**: the zygote daemon (orchestrator/zygote/), run locally (``--local``) with the controller's modules as its
 preload (``CONTROLLER_PRELOAD``), in the same per-user runtime directory and keyed the same way (interpreter,
 start-up environment, a hash of the code and installed packages) as the trials' zygote. This front imports
-only the standard library and those two modules; it sends the command line, environment and directory with
+only the standard library and orchestrator/zygote/; it sends the command line, environment and directory with
 its stdout and stderr and a lifeline, relays Ctrl-C, SIGTERM and SIGHUP to the forked controller, and exits
 with its exit status. The forked controller is the launch: its pid is the controller's, its trials die with it,
 and when this front dies (even SIGKILLed) the lifeline ends and the controller stops as on SIGTERM (stopping
@@ -19,10 +19,10 @@ safe mode: nothing forked) and ``ORCHESTRATE_ZYGOTE=0`` run in this process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -67,19 +67,18 @@ def main() -> None:
 
 def _hot(argv: list[str]) -> int | None:
     """The exit status of ``argv`` run by the controller zygote; None: run it here (none ready, or off)."""
-    from orchestrator import remote
-    from orchestrator.executors import warm
+    from orchestrator.zygote import client, forking, keys
 
-    if not warm.keep_zygote() or not hasattr(socket, "send_fds"):
+    if not keys.keep_zygote() or not hasattr(socket, "send_fds"):
         return None
-    root = warm.runtime_dir()
+    root = keys.runtime_dir()
     if root is None:
         return None
     env = dict(os.environ)
     denv = {**env, "ORCHESTRATE_PRELOAD": ",".join(CONTROLLER_PRELOAD)}
     cwd = os.getcwd()
     try:
-        place = remote._zygote_place(denv, "", warm.code_version(cwd, denv), root)
+        place = keys.place(denv, "", keys.code_version(cwd, denv), root)
     except OSError:
         return None
     if place is None:
@@ -94,13 +93,13 @@ def _hot(argv: list[str]) -> int | None:
         return None
     sys.stdout.flush()
     sys.stderr.flush()
-    trial = remote.fork_trial(conn, "orchestrator.cli", argv, env, cwd, LIFELINE_GRACE_S, 1, 2)
+    trial = client.fork_trial(conn, "orchestrator.cli", argv, env, cwd, LIFELINE_GRACE_S, 1, 2)
     if trial is None:
         conn.close()
         return None
 
     def relay(signum: int, frame: object) -> None:
-        remote._killpg(trial.pid, signum)
+        forking.kill_group(trial.pid, signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, relay)
@@ -110,23 +109,12 @@ def _hot(argv: list[str]) -> int | None:
 
 def _start(folder: Path, name: str, denv: dict[str, str], cwd: str) -> None:
     """Start the controller zygote for the next launches, unless one is starting (its lock is held)."""
-    from orchestrator.executors import warm
+    from orchestrator.zygote import client
 
-    if warm._locked(folder / f"{name}.lock"):
+    if client.locked(folder / f"{name}.lock"):
         return
-    try:
-        with open(folder / f"{name}.log", "ab") as log:
-            subprocess.Popen(
-                [sys.executable, "-u", "-m", "orchestrator.remote", "--zygote", str(folder), name, "--local"],
-                cwd=cwd,
-                env=denv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        client.spawn_local(folder, name, denv, cwd)
 
 
 if __name__ == "__main__":

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from orchestrator.executors._base import Executor, Job
 from orchestrator.trial import protocol
+from orchestrator.zygote.forking import ORPHAN_GRACE, end_group
+from orchestrator.zygote.forking import die_with_parent as _die_with_parent
+from orchestrator.zygote.forking import dies_with_parent as _dies_with_parent
+from orchestrator.zygote.forking import kill_group as _kill_group
+from orchestrator.zygote.forking import signal_group as _signal_group
+
+# (the process-group code is orchestrator/zygote/forking.py's, shared with the warm executors and remote boxes;
+# these names stay importable from here: the SSH and Slurm executors start their processes with them)
+__all__ = [
+    "ORPHAN_GRACE",
+    "LocalExecutor",
+    "_die_with_parent",
+    "_dies_with_parent",
+    "end_group",
+    "read_lines",
+]
 
 
 class LocalExecutor(Executor):
@@ -105,10 +117,6 @@ class LocalExecutor(Executor):
         timer.start()
 
 
-#: seconds a trial's leftover processes get after its main process ended (SIGTERM, then SIGKILL)
-ORPHAN_GRACE = 5.0
-
-
 def read_lines(proc: subprocess.Popen[bytes], grace: float = ORPHAN_GRACE) -> Iterator[bytes]:
     """The lines of ``proc``'s stdout (over-long ones cut at ``protocol.MAX_LINE``), until end of file — or until
     ``proc`` has ended and the pipe is still held open by something it left behind: its process group then
@@ -151,70 +159,3 @@ def read_lines(proc: subprocess.Popen[bytes], grace: float = ORPHAN_GRACE) -> It
             break
     if buf:
         yield buf
-
-
-def end_group(pgid: int, grace: float) -> None:
-    """SIGTERM to what is left of process group ``pgid``, SIGKILL once ``grace`` seconds passed with some of it
-    still there. Waits (so that a controller about to exit leaves nothing behind); returns at once when the
-    group is empty."""
-    if not _kill_group(pgid, signal.SIGTERM):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        if not _kill_group(pgid, 0):
-            return
-    _kill_group(pgid, signal.SIGKILL)
-
-
-def _kill_group(pgid: int, sig: int) -> bool:
-    """Signal a process group (never a lone process of that id); False when the group is gone."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-
-
-def _dies_with_parent(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[list[str], Any]:
-    """The command line and pre-exec hook that make the child die with the controller (PR_SET_PDEATHSIG).
-
-    With util-linux's ``setpriv --pdeathsig`` as the first program, Popen needs no ``preexec_fn`` and can
-    use vfork: 2.7 ms a start against 36 ms for a fork of a controller holding 200 MB (measured here), which
-    is slot time at every trial start. The program is resolved first, so a missing one is still reported by
-    us (exit 127) rather than by setpriv. Without setpriv (not Linux, or a bare image): a ctypes pre-exec hook.
-    """
-    if _SETPRIV is None or not argv:
-        return argv, _die_with_parent
-    exe = argv[0]
-    if os.sep in exe:
-        path: str | None = exe if os.path.isabs(exe) else os.path.join(str(cwd), exe)
-        if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            path = None
-    else:
-        path = shutil.which(exe, path=env.get("PATH", os.defpath))
-    if path is None:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), exe)
-    return [_SETPRIV, "--pdeathsig", "TERM", "--", os.path.abspath(path), *argv[1:]], None
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it if the controller dies (SIGKILL included)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)

@@ -28,6 +28,7 @@ PRELOAD = (
     "experiments.metrics",
     "experiments.optim",
     "experiments.wandb_log",
+    "experiments.trainer",  # and trainer_data, evaluation: the training loop train.py hands over to
 )
 
 _INHERITED_TEMP_DIRS: list[Any] | None = None  # found by note_temp_dirs() in a pre-importing process

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from orchestrator.cli_launch import launch_sweeps
+from orchestrator.cli_render import err_console, flags_as_flags, no_color
 from orchestrator.trial.errors import OrchestrateError, UsageError
 
 app = typer.Typer(
@@ -54,30 +56,7 @@ class TableFormat(StrEnum):
     markdown = "markdown"
 
 
-def _no_color(stream: Any) -> bool | None:
-    """No colour on a pipe; on a terminal, rich decides from ``NO_COLOR`` (an explicit False would override it)."""
-    return True if not stream.isatty() else None
-
-
-def _flags_as_flags() -> None:
-    """typer's help prints a type after every flag (``--dry-run <bool>``): a flag takes no value, so none."""
-    from typer.core import TyperOption
-
-    shown = TyperOption.display_type_rich
-
-    def display_type_rich(self: Any, ctx: Any) -> str | None:
-        return None if self.is_flag else shown(self, ctx)
-
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
-
-
-_flags_as_flags()
-
-
-def _err_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, no_color=_no_color(sys.stderr), highlight=False)
+flags_as_flags()
 
 
 def _fail(exc: BaseException) -> None:
@@ -86,7 +65,7 @@ def _fail(exc: BaseException) -> None:
     if isinstance(exc, OrchestrateError):
         from rich.markup import escape
 
-        _err_console().print(
+        err_console().print(
             f"[bold red]error:[/] {escape(exc.render())}", markup=True, highlight=False, soft_wrap=True
         )
         raise typer.Exit(exc.exit_code)
@@ -174,7 +153,7 @@ def launch(
 ) -> None:
     """Run the sweeps in FILE, resuming whatever the storage already holds."""
     try:
-        code = _launch(
+        code = launch_sweeps(
             file,
             sweep,
             dry_run,
@@ -198,204 +177,6 @@ def launch(
         return
     _EXIT_NOW[0] = not dry_run
     raise typer.Exit(code)
-
-
-def _select(sweeps: list[Any], names: list[str] | None, file: Path) -> list[Any]:
-    if not names:
-        return sweeps
-    known = [s.name for s in sweeps]
-    missing = [n for n in names if n not in known]
-    if missing:
-        raise UsageError(
-            f"{file}: no sweep named {', '.join(map(repr, missing))}",
-            hint="sweeps in the file: " + ", ".join(known),
-        )
-    return [s for s in sweeps if s.name in names]
-
-
-def _launch(
-    file: Path,
-    names: list[str] | None,
-    dry_run: bool,
-    fmt: str,
-    slots_opt: str | None,
-    storage_opt: str | None,
-    runs_dir_opt: Path | None,
-    max_trials: int | None,
-    no_wandb: bool,
-    plain: bool | None,
-    workers: str = "warm",
-    lease: float | None = None,
-    new: bool = False,
-) -> int:
-    from orchestrator.spec import load_sweeps
-    from orchestrator.validate import validate_experiments, validate_runnable
-
-    if not file.exists():
-        raise UsageError(f"{file}: no such sweep file", hint="pass the path of a sweeps.yaml (see README)")
-    sweep_file = load_sweeps(file)
-    specs = _select(sweep_file.sweeps, names, file)
-    validate_runnable(specs)
-    validate_experiments(specs)
-    for notice in getattr(sweep_file, "notices", []) or []:
-        _err_console().print(f"note: {notice}", markup=False)
-    if dry_run:
-        plan = {"sweeps": [s.describe() for s in specs]}
-        if fmt == "json":
-            typer.echo(json.dumps(plan, indent=2, default=str))
-        else:
-            _print_plan(plan)
-        return 0
-
-    from orchestrator.faults import mask_url
-    from orchestrator.leases import DEFAULT_LEASE_S
-    from orchestrator.live import make_display
-    from orchestrator.scheduler import Controller, LaunchOptions
-    from orchestrator.slots import parse_slots
-    from orchestrator.wandb_env import resolve_mode
-
-    defaults = sweep_file.defaults
-    slots_spec = slots_opt or getattr(defaults, "slots", None) or "auto"
-    opts = LaunchOptions(
-        storage=storage_opt or getattr(defaults, "storage", None) or "sqlite:///runs/orchestrate.db",
-        runs_dir=runs_dir_opt or Path(getattr(defaults, "runs_dir", None) or "runs"),
-        # hosts: only the remote boxes; slurm: one job per trial on the cluster (defaults.slurm)
-        slots=[] if slots_spec in ("hosts", "slurm") else parse_slots(slots_spec),
-        max_trials=max_trials,
-        wandb_mode=resolve_mode(getattr(defaults, "wandb", None), no_wandb),
-        workers=workers,
-        lease_s=lease or getattr(defaults, "lease", None) or DEFAULT_LEASE_S,
-        new=new,
-    )
-    _check_writable(opts.runs_dir)
-    if slots_spec == "slurm":
-        from orchestrator.executors.slurm import launch_setup
-
-        opts.slots, opts.slurm = launch_setup(defaults, specs, file)
-        opts.executor = "slurm"
-    elif getattr(defaults, "hosts", None):  # remote boxes: their slots too, local ones here, remote over ssh
-        from orchestrator.hosts import inventory_slots
-
-        remote_slots, notes = inventory_slots(defaults.hosts)
-        for note in notes:
-            _err_console().print(f"note: {note}", markup=False)
-        opts.slots += remote_slots
-        opts.hosts, opts.executor = tuple(defaults.hosts), "routed"
-    if not opts.slots:
-        if not getattr(defaults, "hosts", None):  # slots: hosts, and no host listed
-            raise UsageError(
-                f"{file}: slots: hosts, but the file lists no hosts: no slot to run trials on",
-                hint="add defaults.hosts (see README, 'Rented GPUs over SSH'), or use slots: auto / cpu:N",
-            )
-        raise UsageError(
-            "no slot to run trials on", hint=f"check the hosts (`orchestrate hosts check {file}`)"
-        )
-    display = make_display(plain)
-    controller = Controller(specs, opts, display)  # first: it starts the warm workers' imports
-    display.message(
-        f"launch {file}: {len(specs)} sweep(s) on {len(opts.slots)} slot(s) "
-        f"[{', '.join(s.id for s in opts.slots)}], storage {mask_url(opts.storage)}, W&B {opts.wandb_mode}"
-    )
-    try:
-        outcome = controller.run()
-    finally:
-        display.close()
-    for name, c in outcome.counts.items():
-        display.message(
-            f"[{name}] {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
-            + (f" ({c['retried']} retried)" if c["retried"] else "")
-            + (f", {c['recovered']} recovered from a dead controller" if c["recovered"] else "")
-            + (f", {c['imported']} recorded from their result.json" if c.get("imported") else "")
-        )
-    display.message(
-        f"wall {outcome.wall_s:.1f}s, slot utilisation {outcome.utilisation:.2f} "
-        f"(sum of trial durations / (slots × wall time))"
-    )
-    if outcome.interrupted:
-        display.message(
-            f"interrupted: run `orchestrate launch {file}` again to resume (finished trials are kept)"
-        )
-        return 128 + (outcome.signal or signal.SIGINT)
-    for line in _best_lines(opts.storage, [s.name for s in specs]):
-        display.message(line)
-    if outcome.failures:  # a sweep whose trials failed is not a success (exit 1), and it says why
-        from orchestrator.scheduler import failure_summary
-
-        sweeps = len({f["sweep"] for f in outcome.failures})
-        display.message(
-            f"{len(outcome.failures)} trial(s) of {sweeps} sweep(s) ended FAILED after their retries "
-            "(their stderr.log in the run directory has the rest):"
-        )
-        for line in failure_summary(outcome.failures):
-            display.message(f"  {line}")
-        return 1
-    return 0
-
-
-def _best_lines(storage: str, sweeps: list[str]) -> list[str]:
-    """The closing summary: each sweep's best configuration (its swept parameters and value) and what to run
-    next. Nothing that fails here fails the launch: then only the leaderboard command is named."""
-    from orchestrator import leaderboard as lb
-    from orchestrator.faults import mask_url
-    from orchestrator.storage import DEFAULT_STORAGE
-
-    where = "" if storage == DEFAULT_STORAGE else f" --storage '{mask_url(storage)}'"
-    try:
-        tables = lb.build(storage, sweep=sweeps, states=["COMPLETE"], top=1)
-    except Exception:  # noqa: BLE001 - a summary, never a failure
-        return [f"see `orchestrate leaderboard{where}`"]
-    lines = []
-    for t in tables:
-        if not t["rows"]:
-            lines.append(f"[{t['sweep']}] no complete trial")
-            continue
-        row = t["rows"][0]
-        who = f"trials {row['trials']}" if t.get("aggregated") else f"trial {row['trial']}"
-        value = lb.cell(row, "value")
-        params = ", ".join(f"{p}={lb.cell(row, 'param:' + p)}" for p in t["params"])
-        lines.append(
-            f"[{t['sweep']}] best: {who}, {t['metric'] or 'value'}={value}"
-            + (f" ({params})" if params else "")
-            + f" → orchestrate leaderboard --sweep {t['sweep']}{where}"
-        )
-    lines.append(f"next: `orchestrate report --out report/{where}` (tables, curves, importances)")
-    return lines
-
-
-def _check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(
-            f"runs directory {path} is not writable: {exc.strerror}", hint="pass --runs-dir DIR"
-        ) from exc
-
-
-def _print_plan(plan: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    tty = sys.stdout.isatty()
-    console = Console(
-        no_color=_no_color(sys.stdout), width=None if tty else 160
-    )  # pipes and logs: don't truncate
-    table = Table(title="plan (nothing started)")
-    for col in ("sweep", "method", "trials", "jobs", "after", "searched parameters"):
-        table.add_column(col)
-    for s in plan["sweeps"]:
-        params = s.get("parameters") or {}
-        searched = [k for k, v in params.items() if not (isinstance(v, dict) and v.get("kind") == "constant")]
-        trials = "unbounded" if s.get("trials") is None else str(s["trials"])
-        jobs = (
-            trials
-            if "folds" not in s
-            else ("unbounded" if s.get("jobs") is None else f"{s['jobs']} ({len(s['folds'])} folds)")
-        )
-        table.add_row(s["name"], s["method"], trials, jobs, s.get("depends_on") or "", ", ".join(searched))
-    console.print(table)
 
 
 # ----------------------------------------------------------------------------------------- leaderboard
@@ -605,10 +386,10 @@ def datasets_check(
         from rich.console import Console
         from rich.pretty import Pretty
 
-        Console(no_color=_no_color(sys.stdout)).print(Pretty(report))
+        Console(no_color=no_color(sys.stdout)).print(Pretty(report))
     if not report.get("ok", True):
         for err in report.get("errors") or []:
-            _err_console().print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+            err_console().print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2)  # the dataset cannot be used as it is
 
 

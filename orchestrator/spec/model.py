@@ -117,20 +117,12 @@ class PrunerSpec:
     ``source='early_terminate'``: W&B's ``{type: hyperband, …}``; ``options`` keeps ``min_iter``, ``max_iter``,
     ``s``, ``eta``, ``strict`` as written, with W&B's defaults filled in (eta=3, strict=True).
     ``source='pruner'``: ours; ``type`` is median|percentile|successive_halving|hyperband and ``options`` are
-    the keyword arguments of the matching ``optuna.pruners`` class (see :meth:`build`).
+    the keyword arguments of the matching ``optuna.pruners`` class (see ``orchestrator.pruners.get_pruner``).
     """
 
     type: str
     options: dict[str, Any] = field(default_factory=dict)
     source: Literal["early_terminate", "pruner"] = "pruner"
-
-    def build(self) -> Any:
-        """The ``optuna.pruners`` object of an ours-style pruner (``source='pruner'``)."""
-        if self.source != "pruner":
-            raise ValueError("W&B early_terminate is mapped to a pruner by the scheduler, not by the spec")
-        from orchestrator.spec.loader import optuna_pruner_class
-
-        return optuna_pruner_class(self.type)(**self.options)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "source": self.source, **self.options}

@@ -382,10 +382,6 @@ class ParamSpace:
         return {p.name: list(self._grid_choice(p).choices) for p in self._params if p.kind != "constant"}
 
     # -- Optuna -------------------------------------------------------------------------------------------
-    def optuna_name(self, param: Param, grid: bool = False) -> str:
-        """The name under which Optuna records ``param``."""
-        return param.name + LATENT_SUFFIX if (param.latent and not grid) else param.name
-
     def sample(self, trial: Any, grid: bool = False) -> dict[str, Any]:
         """Flat values for one trial, drawn through ``trial.suggest_*`` (constants included, W&B order).
 

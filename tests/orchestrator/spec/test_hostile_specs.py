@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as hs
 
-from orchestrator.cli import _launch
+from orchestrator.cli_launch import launch_sweeps as _launch
 from orchestrator.spec import load_sweeps
 from orchestrator.spec.yamlio import MAX_FILE_BYTES
 from orchestrator.trial.errors import SpecError

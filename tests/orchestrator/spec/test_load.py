@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.pruners import get_pruner
 from orchestrator.spec import SweepFile, load_sweeps
 from orchestrator.trial.errors import SpecError
 
@@ -111,7 +112,7 @@ def test_our_file() -> None:
     assert grid.describe()["trials"] == 96
     assert rand.describe()["trials"] == 20
     assert rand.pruner is not None and rand.pruner.options == {"n_startup_trials": 3, "n_warmup_steps": 2}
-    assert type(rand.pruner.build()).__name__ == "MedianPruner"
+    assert type(get_pruner(rand.pruner)).__name__ == "MedianPruner"
     assert rand.parameters["choice"].probabilities == (0.7, 0.2, 0.1)
     assert rand.parameters["lnrm"].mu == 0.0 and rand.parameters["lnrm"].sigma == 1.0
     assert rand.parameters["u"].kind == "uniform" and rand.parameters["iu"].kind == "int_uniform"

@@ -473,7 +473,7 @@ class SweepRunner:
         """The checkpoint a fine-tune job starts from (``init_rank`` picks among the top k).
 
         Leak-free folds: the job of fold k (``fold``, else the trial's ``fold`` parameter) starts from the
-        parent's fold-k checkpoint — the parent that held out the same subjects (``spec/loader._check_chain``
+        parent's fold-k checkpoint — the parent that held out the same subjects (``spec/chains.check_chain``
         refuses chains where no such checkpoint can exist). A parent on another dataset gives its lowest fold."""
         if not getattr(self.spec, "init_from", None) or not self._checkpoints:
             return None

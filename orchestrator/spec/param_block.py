@@ -117,6 +117,13 @@ def _parse_param(ctx: Ctx, body: LineDict, line: int | None, key: str, path: tup
             continue
         if k not in body:
             ctx.fail(f"distribution {dist} needs '{k}'", line, join_key(key, k))
+        if body[k] is None:  # `min:` with nothing after it (or `null`): needed, not optional
+            ctx.fail(
+                f"distribution {dist} needs a number for '{k}', not nothing (null)",
+                body.line_of(k),
+                join_key(key, k),
+                hint=f"give {k} a number (or leave the distribution to be inferred from min and max)",
+            )
 
     if dist == "constant":
         if "value" not in body:

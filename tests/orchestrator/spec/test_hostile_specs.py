@@ -58,6 +58,12 @@ CASES: dict[str, tuple[str, int | None, str | None]] = {
     "newline_name": (HEAD + _sweep('"a\\nb"'), 5, "sweeps[0].name"),
     "control_name": (HEAD + _sweep('"a\\x07b"'), 5, "sweeps[0].name"),
     "alias_bomb": (BOMB, 7, None),  # 9 ** 7 values at line 7: over the limit
+    "null_min": (HEAD + _sweep(params="      lr: {min: null, max: 1.0}\n"), 9, "sweeps[0].parameters.lr.min"),
+    "empty_max": (
+        HEAD + _sweep(params="      n: {distribution: int_uniform, min: 0, max: }\n"),
+        9,
+        "sweeps[0].parameters.n.max",
+    ),
     "nan_value": (HEAD + _sweep(params="      lr: {value: .nan}\n"), 9, "sweeps[0].parameters.lr.value"),
     "nan_in_values": (
         HEAD + _sweep(params="      lr: {values: [0.1, .nan]}\n"),

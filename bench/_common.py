@@ -84,6 +84,7 @@ def launch(
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
     wall = time.time() - t0
     (workdir / "launch.stdout").write_text(proc.stdout)

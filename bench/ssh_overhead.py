@@ -37,6 +37,7 @@ def launch(workdir: Path, spec: Path, *extra: str) -> float:
         capture_output=True,
         text=True,
         timeout=900,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"launch failed:\n{proc.stdout}\n{proc.stderr}")

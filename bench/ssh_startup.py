@@ -50,6 +50,7 @@ def run(work: Path, hosts: str, mode: str, trials: int, cache: Path) -> dict[str
         env=env,
         capture_output=True,
         text=True,
+        check=False,
     )
     wall = time.time() - t0
     if proc.returncode != 0:

@@ -191,7 +191,7 @@ def manifest(src: Path) -> Manifest:
 def remap(trial: TrialSpec, copies: dict[str, str]) -> TrialSpec:
     """``trial`` with the fields of ``copies`` (``data_root``, ``params.data_root``, …; :attr:`Unit.field`)
     naming the host's copies."""
-    return trial.map_paths(lambda field_name, value: copies.get(field_name, value))
+    return trial.map_paths(copies.get)
 
 
 @dataclass

@@ -442,6 +442,15 @@ def check_host(
     except (json.JSONDecodeError, IndexError):
         return {"host": host.name, "ok": False, "problems": ["unreadable probe output"], "info": info}
     info.update(got)
+    problems += _version_problems(got, code)
+    problems += _dataset_problems(host, datasets, got, info)
+    problems += _gpu_problems(host, got)
+    return {"host": host.name, "ok": not problems, "problems": problems, "info": info}
+
+
+def _version_problems(got: dict[str, Any], code: str | None) -> list[str]:
+    """The host's packages and synced code against this controller's."""
+    problems: list[str] = []
     local = _local_versions()
     for name, want in local.items():
         have = got["packages"].get(name)
@@ -457,6 +466,16 @@ def check_host(
     for root, present in got.get("data", {}).items():
         if not present:
             problems.append(f"dataset root {root} is missing")
+    return problems
+
+
+def _dataset_problems(
+    host: HostSpec, datasets: Sequence[Path], got: dict[str, Any], info: dict[str, Any]
+) -> list[str]:
+    """Each dataset folder launch copies: the state of the host's copy goes in ``info["datasets"]``."""
+    from orchestrator import datasync
+
+    problems: list[str] = []
     info["datasets"] = {}
     for d in datasets:
         if datasync.host_has(host, d):
@@ -473,6 +492,11 @@ def check_host(
                 f"{'stale copy' if have else 'no copy'}: launch copies it before the first trial "
                 f"({local_copy.files} files, {local_copy.bytes / 1e6:.1f} MB)"
             )
+    return problems
+
+
+def _gpu_problems(host: HostSpec, got: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
     if isinstance(host.gpus, str) and host.gpus.startswith("cpu:"):
         pass
     elif got.get("gpu_error") or not got.get("gpus"):
@@ -482,7 +506,7 @@ def check_host(
         missing = [g for g in host.gpus if g not in have_ids]
         if missing:
             problems.append(f"GPU(s) {', '.join(missing)} not present (found {', '.join(sorted(have_ids))})")
-    return {"host": host.name, "ok": not problems, "problems": problems, "info": info}
+    return problems
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -423,7 +423,7 @@ def parallel_svg(rows: list[dict[str, Any]], params: list[str], metric: str, max
         if all(n is not None for n in nums) and not all(isinstance(v, str) for v in col):
             fl = [float(n) for n in nums if n is not None]
             log = min(fl) > 0 and max(fl) / min(fl) >= 100
-            tr = (lambda v: math.log10(v)) if log else (lambda v: v)
+            tr = (math.log10) if log else (lambda v: v)
             lo, hi = tr(min(fl)), tr(max(fl))
             span = (hi - lo) or 1.0
             ticks = sorted(set(fl))

@@ -225,7 +225,6 @@ class SweepRunner:
 
     # ----- start-up (and while waiting for other controllers): read the study, work out what is left -----
     def _recover(self) -> None:
-        from optuna.trial import TrialState
 
         self.pending.clear()
         self.resume_from.clear()
@@ -233,6 +232,22 @@ class SweepRunner:
         self.elsewhere = set()
         if self.claims is not None:
             self.claims.blocked_by.clear()
+        points, taken = self._scan_trials()
+        done = self._plan_points(points)
+        if self.spec.method == "grid":
+            for flat in self.spec.parameters.grid():
+                key = point_key(flat)
+                if key not in done:
+                    done.add(key)
+                    self.pending.append((self._optuna_params(flat), 1))
+        for owner, n in taken.items():
+            self.notes.append(f"[{self.spec.name}] {self._describe(owner)}: taking over {n} trial(s)")
+
+    def _scan_trials(self) -> tuple[dict[str, list[Any]], dict[str, int]]:
+        """The study's trials by point (trials a dead controller left RUNNING taken over or recorded first),
+        and how many were taken from each dead owner."""
+        from optuna.trial import TrialState
+
         taken: dict[str, int] = {}
         points: dict[str, list[Any]] = {}
         for t in self.study.get_trials(deepcopy=False):
@@ -261,6 +276,12 @@ class SweepRunner:
                 and not t.user_attrs.get(st.ATTR_NO_METRIC)
             ):
                 self._update_best(float(t.value))
+        return points, taken
+
+    def _plan_points(self, points: dict[str, list[Any]]) -> set[str]:
+        """Count the finished points, queue the ones to (re-)run; the keys of every point seen."""
+        from optuna.trial import TrialState
+
         done: set[str] = set()
         for key, trials in points.items():
             states = {t.state for t in trials}
@@ -281,14 +302,7 @@ class SweepRunner:
             self.pending.append((dict(latest.params), used + 1))
             if latest.user_attrs.get(st.ATTR_INTERRUPTED):
                 self.resume_from[key] = latest  # its re-run continues from its checkpoint, if it left one
-        if self.spec.method == "grid":
-            for flat in self.spec.parameters.grid():
-                key = point_key(flat)
-                if key not in done:
-                    done.add(key)
-                    self.pending.append((self._optuna_params(flat), 1))
-        for owner, n in taken.items():
-            self.notes.append(f"[{self.spec.name}] {self._describe(owner)}: taking over {n} trial(s)")
+        return done
 
     def _interrupt(self, t: Any) -> bool:
         """Mark a trial its dead controller left RUNNING as interrupted (FAIL, not an attempt): it is re-run.

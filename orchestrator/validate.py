@@ -34,6 +34,7 @@ def ask_experiments(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text=True,
             cwd=PROJECT_ROOT,
             timeout=120,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RunError(f"the experiments' checker could not run: {exc}") from None

@@ -149,21 +149,20 @@ def _distribution(ctx: Ctx, body: LineDict, line: int | None, key: str) -> str:
                 join_key(key, "distribution"),
                 hint=f"did you mean '{best}'?" if best else "distributions: " + ", ".join(DISTRIBUTIONS),
             )
+    elif "value" in body:
+        dist = "constant"
+    elif "values" in body:
+        dist = "categorical"
+    elif "min" in body or "max" in body:
+        lo, hi = as_number(body.get("min")), as_number(body.get("max"))
+        dist = "int_uniform" if isinstance(lo, int) and isinstance(hi, int) else "uniform"
     else:
-        if "value" in body:
-            dist = "constant"
-        elif "values" in body:
-            dist = "categorical"
-        elif "min" in body or "max" in body:
-            lo, hi = as_number(body.get("min")), as_number(body.get("max"))
-            dist = "int_uniform" if isinstance(lo, int) and isinstance(hi, int) else "uniform"
-        else:
-            ctx.fail(
-                "cannot tell the distribution",
-                line,
-                key,
-                hint="give 'value' (constant), 'values' (choices), 'min'/'max' (a range) or 'distribution'",
-            )
+        ctx.fail(
+            "cannot tell the distribution",
+            line,
+            key,
+            hint="give 'value' (constant), 'values' (choices), 'min'/'max' (a range) or 'distribution'",
+        )
     return str(dist)
 
 

@@ -33,6 +33,7 @@ def run_bench(script: str, tmp_path: Path, *args: str, timeout: float = 600) -> 
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     last = proc.stdout.strip().splitlines()[-1]

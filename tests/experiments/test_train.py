@@ -86,6 +86,7 @@ def train(rd: RunDir, env: dict[str, str], **extra: str) -> tuple[int, list[dict
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     events = [ev for ev in (parse_line(line) for line in p.stdout.splitlines()) if ev is not None]
     return p.returncode, events, p.stdout + p.stderr
@@ -144,6 +145,7 @@ def test_wandb_offline_run(gender_run: tuple[RunDir, list[dict[str, Any]]], env:
         text=True,
         env=env,
         timeout=60,
+        check=False,
     )
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
@@ -163,6 +165,7 @@ def test_wandb_offline_run(gender_run: tuple[RunDir, list[dict[str, Any]]], env:
         text=True,
         env=env,
         timeout=60,
+        check=False,
     )
     history = [
         json.loads(line) for line in p.stdout.splitlines() if '"type":"history"' in line.replace(" ", "")

@@ -38,6 +38,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")

@@ -21,7 +21,13 @@ def test_version_and_completion(tmp_path: Path) -> None:
     # bash that stays its parent (`; true` keeps bash from exec-ing it), or the answer depends on who ran pytest
     cmd = f"{shlex.quote(sys.executable)} -m orchestrator --show-completion; true"
     proc = subprocess.run(
-        ["bash", "-c", cmd], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600
+        ["bash", "-c", cmd],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     script = proc.stdout
     assert "_orchestrate_completion" in script and "complete " in script, proc.stdout + proc.stderr

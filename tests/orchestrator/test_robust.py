@@ -102,7 +102,9 @@ def test_orphan_holding_the_pipe_neither_hangs_the_sweep_nor_survives(tmp_path: 
                 '    command: ["${interpreter}", "-m", "tests.orchestrator.programs.hostile", "${args}"]\n',
             )
         )
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     (trial,) = load_trials(tmp_path, "hostile")
     assert trial.state == TrialState.COMPLETE and trial.value == 1.0
@@ -183,6 +185,7 @@ def test_unexpected_errors_are_one_line_without_traceback(tmp_path: Path) -> Non
             env=env,
             capture_output=True,
             text=True,
+            check=False,
         )
         assert proc.returncode == 1, proc.stderr
         if args[0] == "--debug":

@@ -273,14 +273,17 @@ def small_disk(tmp_path: Path):
     runs = tmp_path / "runs"
     runs.mkdir()
     mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(runs)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(runs)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
     try:
         yield runs
     finally:
-        subprocess.run(["umount", "-l", str(runs)], capture_output=True)
+        subprocess.run(["umount", "-l", str(runs)], capture_output=True, check=False)
 
 
 def fill(path: Path) -> None:

@@ -275,6 +275,7 @@ def test_two_real_launches_share_one_zygote_and_status_lists_it(tmp_path: Path, 
             capture_output=True,
             text=True,
             timeout=300,
+            check=False,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
@@ -324,7 +325,7 @@ def test_a_hot_launch_is_forked_and_a_killed_front_stops_it_and_its_trials(tmp_p
     # the first launch runs here and starts the controller zygote for the next ones
     (tmp_path / "a.yaml").write_text(CURVE_SWEEP.format(name="a", curve=CURVE, epochs=2, sleep=0.01))
     first = subprocess.run(
-        [*argv, "a.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [*argv, "a.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert first.returncode == 0, first.stdout + first.stderr
     assert sorted(t.value for t in load_trials(tmp_path, "a")) == [0.375, 0.75]

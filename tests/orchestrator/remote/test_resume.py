@@ -249,7 +249,7 @@ def test_real_training_resumes_on_another_host_with_its_dataset_copied_once_per_
     run_dir = tmp_path / "runs" / "real" / "00000"
     try:
         until(ctl, log, "trial 0 on boxa", in_log(log, r"trial 0 started on boxa:cpu0"))
-        until(ctl, log, "a checkpoint of trial 0", lambda: (run_dir / "checkpoint_last.pt").exists())
+        until(ctl, log, "a checkpoint of trial 0", (run_dir / "checkpoint_last.pt").exists)
         a.kill()
         until(ctl, log, "re-queue", in_log(log, r"boxa.*trial 0 of real goes back to the queue"))
         import torch

@@ -163,7 +163,7 @@ def test_the_daemon_imports_once_and_forks_the_next_trials(box: Box) -> None:
     first = box.run(box.submit(1))
     assert first["rc"] == 0 and first["remote_warm"] is False  # no daemon yet: it runs fresh, one is started
     assert not first["preloaded"]
-    _wait(lambda: box.sockets(), "the daemon listens once it has imported")
+    _wait(box.sockets, "the daemon listens once it has imported")
     results = [box.run(box.submit(x)) for x in (2, 3)]
     for x, r in enumerate(results, start=2):
         assert r["rc"] == 0, r
@@ -182,7 +182,7 @@ def test_the_daemon_imports_once_and_forks_the_next_trials(box: Box) -> None:
 
 def test_a_dead_launcher_takes_its_trial_with_it_and_kill_still_works(box: Box) -> None:
     box.run(box.submit(1))
-    _wait(lambda: box.sockets(), "the daemon listens")
+    _wait(box.sockets, "the daemon listens")
     job = box.submit(2, sleep=300)
     info = box.run(job, until="info")
     assert info["remote_warm"] is True
@@ -212,7 +212,7 @@ def test_a_dead_launcher_takes_its_trial_with_it_and_kill_still_works(box: Box) 
 
 def test_a_stopped_trial_exits_minus_15_and_the_daemon_goes_on(box: Box) -> None:
     box.run(box.submit(1))
-    _wait(lambda: box.sockets(), "the daemon listens")
+    _wait(box.sockets, "the daemon listens")
     job = box.submit(2, sleep=300)
     info = box.run(job, until="info")
     assert info["remote_warm"] is True
@@ -241,7 +241,7 @@ def test_an_idle_daemon_leaves_and_the_next_trial_starts_another(tmp_path: Path,
         _wait(lambda: not _daemons(box.folder), "the idle daemon exits")
         assert not box.sockets()  # … and removed its socket
         assert box.run(box.submit(2))["remote_warm"] is False  # none ready: fresh, and a new one starts
-        _wait(lambda: box.sockets(), "the new daemon listens")
+        _wait(box.sockets, "the new daemon listens")
         assert _daemons(box.folder) != first
         assert len(box.imports()) == 2
     finally:
@@ -251,7 +251,7 @@ def test_an_idle_daemon_leaves_and_the_next_trial_starts_another(tmp_path: Path,
 
 def test_a_daemon_leaves_when_newer_code_is_synced(box: Box) -> None:
     box.run(box.submit(1))
-    _wait(lambda: box.sockets(), "the daemon listens")
+    _wait(box.sockets, "the daemon listens")
     marker = box.box.workdir / ".orchestrate" / "code_version"
     version = marker.read_text()
     try:

@@ -158,7 +158,9 @@ def _start(root: Path) -> Cluster:
     env = {**os.environ, **cluster.env()}
     for daemon in ("slurmctld", "slurmd"):
         exe = shutil.which(daemon) or f"/usr/sbin/{daemon}"
-        proc = subprocess.run([exe, "-f", str(conf)], env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [exe, "-f", str(conf)], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{daemon} did not start: {proc.stderr.strip()}\n{cluster.logs()}")
     deadline = time.time() + 60
@@ -178,9 +180,11 @@ def _start(root: Path) -> Cluster:
 def _stop(root: Path) -> None:
     env = {**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
     with contextlib.suppress(Exception):
-        subprocess.run(["scancel", "--user", getpass.getuser()], env=env, capture_output=True, timeout=30)
+        subprocess.run(
+            ["scancel", "--user", getpass.getuser()], env=env, capture_output=True, timeout=30, check=False
+        )
     with contextlib.suppress(Exception):
-        subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True, timeout=30)
+        subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True, timeout=30, check=False)
     for name in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
         pid_file = root / name
         deadline = time.time() + 20

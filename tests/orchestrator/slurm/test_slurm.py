@@ -188,7 +188,7 @@ def test_job_taken_away_resumes_from_its_checkpoint(tmp_path: Path, slurm_cluste
     ctl, log = launch(tmp_path, spec, "launch.log")
     try:
         job_id = until(ctl, log, "running job", running_job(slurm_cluster))
-        until(ctl, log, "checkpoint 3", lambda: checkpoint_at(run_dir_of(tmp_path), 3)())
+        until(ctl, log, "checkpoint 3", checkpoint_at(run_dir_of(tmp_path), 3))
         if how == "scancel":
             slurm_cluster.run("scancel", job_id)
             state = "cancelled"
@@ -233,7 +233,7 @@ def test_sigkilled_controller_leaves_no_job_after_relaunch(tmp_path: Path, slurm
     again: subprocess.Popen[bytes] | None = None
     try:
         job_id = until(ctl, log, "running job", running_job(slurm_cluster))
-        until(ctl, log, "checkpoint 3", lambda: checkpoint_at(run_dir_of(tmp_path), 3)())
+        until(ctl, log, "checkpoint 3", checkpoint_at(run_dir_of(tmp_path), 3))
         sruns = [p for p in _descendants(ctl.pid) if b"srun" in _cmdline(p)]
         assert sruns
         for p in sruns:
@@ -278,7 +278,7 @@ def test_sigkilled_controller_takes_its_jobs_along(tmp_path: Path, slurm_cluster
     ctl, log = launch(tmp_path, spec, "first.log")
     try:
         job_id = until(ctl, log, "running job", running_job(slurm_cluster))
-        until(ctl, log, "checkpoint 3", lambda: checkpoint_at(run_dir_of(tmp_path), 3)())
+        until(ctl, log, "checkpoint 3", checkpoint_at(run_dir_of(tmp_path), 3))
         ctl.send_signal(signal.SIGKILL)
         ctl.wait(timeout=60)
     finally:
@@ -398,7 +398,7 @@ def test_ctrl_c_cancels_the_jobs_and_the_relaunch_resumes(tmp_path: Path, slurm_
     ctl, log = launch(tmp_path, spec, "launch.log")
     try:
         job_id = until(ctl, log, "running job", running_job(slurm_cluster))
-        until(ctl, log, "checkpoint 3", lambda: checkpoint_at(run_dir_of(tmp_path), 3)())
+        until(ctl, log, "checkpoint 3", checkpoint_at(run_dir_of(tmp_path), 3))
         ctl.send_signal(signal.SIGINT)
         assert ctl.wait(timeout=SAFETY_S) == 130, log.read_text()
     finally:

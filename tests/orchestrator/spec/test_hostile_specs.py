@@ -113,6 +113,7 @@ def test_the_cli_says_it_in_one_line_and_creates_nothing(tmp_path: Path) -> None
         env=cli_env(tmp_path),
         capture_output=True,
         text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert "sweeps.yaml:5: sweeps[0].depends_on: depends_on forms a cycle: a → b → a" in proc.stderr

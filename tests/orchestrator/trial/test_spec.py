@@ -164,6 +164,7 @@ def _run_train(tmp_path: Path, trial: dict[str, Any]) -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
 
 
@@ -202,6 +203,10 @@ def test_an_unreadable_trial_json_still_says_cannot_read(tmp_path: Path) -> None
     rd = RunDir(tmp_path / "run").create()
     rd.trial_json.write_text("{", encoding="utf-8")
     p = subprocess.run(
-        [sys.executable, "-m", "experiments.train", str(rd.path)], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "experiments.train", str(rd.path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert p.returncode == 2 and p.stderr.startswith(f"error: cannot read {rd.trial_json}: ")

@@ -57,7 +57,7 @@ def daemon(code: Path) -> Iterator[tuple[Path, str, dict[str, str]]]:
     }
     proc = client.spawn_local(folder, "test", env, str(code))
     try:
-        _wait(lambda: (folder / "test.sock").exists())
+        _wait((folder / "test.sock").exists)
         yield folder, "test", env
     finally:
         proc.terminate()
@@ -169,7 +169,7 @@ def test_the_remote_launcher_s_old_daemon_command_line_still_runs_one(tmp_path: 
         [sys.executable, "-m", "orchestrator.remote", "--zygote", str(folder), "old"], cwd=tmp_path, env=env
     )
     try:
-        _wait(lambda: (folder / "old.sock").exists())
+        _wait((folder / "old.sock").exists)
         (z,) = client.zygotes(folder)
         assert z["pid"] == proc.pid and z["version"] == ""  # a box's: the synced code version (none here)
     finally:

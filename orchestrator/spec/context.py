@@ -123,7 +123,7 @@ def coerce(value: Any) -> Any:
 
 def finite(ctx: Ctx, value: Any, line: int | None, key: str) -> Any:
     """A parameter value with no NaN or infinity anywhere inside (a trial could not use it, a grid could not
-    tell its points apart)."""
+    tell its points apart), and only text keys in its mappings (trial.json, the study and W&B are JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         ctx.fail(
             f"{value!r} is not a usable value",
@@ -132,7 +132,14 @@ def finite(ctx: Ctx, value: Any, line: int | None, key: str) -> Any:
             hint="NaN and infinity cannot be parameter values; give a number (or quote it to pass the text)",
         )
     if isinstance(value, dict):
-        for v in value.values():
+        for k, v in value.items():
+            if not isinstance(k, str):  # `true:`, `1:`, `null:` as a key: JSON, Optuna and W&B need text keys
+                ctx.fail(
+                    f"the key {k!r} inside a value is {kind_of(k)}, not text",
+                    line,
+                    key,
+                    hint="quote the key (e.g. 'true': or '1':) so that YAML reads it as text",
+                )
             finite(ctx, v, line, key)
     if isinstance(value, list | tuple):
         for v in value:

@@ -3,6 +3,7 @@ is written; the loader, fed anything, returns a spec or raises our SpecError —
 
 from __future__ import annotations
 
+import json
 import string
 import subprocess
 import sys
@@ -63,6 +64,16 @@ CASES: dict[str, tuple[str, int | None, str | None]] = {
         HEAD + _sweep(params="      n: {distribution: int_uniform, min: 0, max: }\n"),
         9,
         "sweeps[0].parameters.n.max",
+    ),
+    "bool_key_in_value": (
+        HEAD + _sweep(params="      reg: {value: {true: 1, a: 2}}\n"),
+        9,
+        "sweeps[0].parameters.reg.value",
+    ),
+    "number_key_in_values": (
+        HEAD + _sweep(params="      lr: {values: [{1: a}, {b: 2}]}\n"),
+        9,
+        "sweeps[0].parameters.lr.values",
     ),
     "nan_value": (HEAD + _sweep(params="      lr: {value: .nan}\n"), 9, "sweeps[0].parameters.lr.value"),
     "nan_in_values": (
@@ -233,7 +244,9 @@ trees = hs.recursive(
                     "folds",
                 ]
             )
-            | hs.text(max_size=5),
+            | hs.text(max_size=5)
+            | hs.booleans()  # YAML's `true:` / `yes:` / `1:` keys are not text
+            | hs.integers(0, 2),
             kids,
             max_size=5,
         )
@@ -245,9 +258,13 @@ FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_heal
 
 def _load_or_spec_error(path: Path) -> None:
     try:
-        load_sweeps(path)
+        loaded = load_sweeps(path)
     except SpecError as exc:
         assert exc.exit_code == 2 and exc.render()
+        return
+    # what loads can be written as trial.json, Optuna attributes and W&B config: canonical JSON (sorted keys)
+    for sweep in loaded.sweeps:
+        json.dumps(sweep.describe(), sort_keys=True, default=str)
 
 
 @seed(14)

@@ -224,15 +224,16 @@ def best_lines(storage: str, sweeps: list[str]) -> list[str]:
         if not t["rows"]:
             lines.append(f"[{t['sweep']}] no complete trial")
             continue
-        row = t["rows"][0]
-        who = f"trials {row['trials']}" if t.get("aggregated") else f"trial {row['trial']}"
-        value = lb.cell(row, "value")
-        params = ", ".join(f"{p}={lb.cell(row, 'param:' + p)}" for p in t["params"])
-        lines.append(
-            f"[{t['sweep']}] best: {who}, {t['metric'] or 'value'}={value}"
-            + (f" ({params})" if params else "")
-            + f" → orchestrate leaderboard --sweep {t['sweep']}{where}"
-        )
+        # a sweep over tasks/datasets/metrics is ranked within each: one best per task, never one across them
+        for row in t["rows"]:
+            who = f"trials {row['trials']}" if t.get("aggregated") else f"trial {row['trial']}"
+            value = lb.cell(row, "value")
+            params = ", ".join(f"{p}={lb.cell(row, 'param:' + p)}" for p in t["params"])
+            lines.append(
+                f"[{t['sweep']}] best: {who}, {t['metric'] or 'value'}={value}"
+                + (f" ({params})" if params else "")
+                + f" → orchestrate leaderboard --sweep {t['sweep']}{where}"
+            )
     lines.append(f"next: `orchestrate report --out report/{where}` (tables, curves, importances)")
     return lines
 

@@ -48,6 +48,13 @@ def _constants(runner: Any) -> dict[str, Any]:
         return {}
 
 
+def _within(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The trial's task/dataset/metric parameters (leaderboard's STRATA): its best is kept per their values."""
+    from orchestrator.leaderboard.compute import STRATA
+
+    return tuple((k, v) for k, v in sorted(params.items()) if k.rpartition(".")[2] in STRATA)
+
+
 @dataclass
 class _Row:
     sweep: str
@@ -144,7 +151,9 @@ class LiveDisplay(PlainDisplay):
         self.runners: dict[str, Any] = {}  # sweep name → its SweepRunner (counts for the caption)
         self.paused: str | None = None  # the pause line (storage or runs dir failing), shown above the counts
         self.durations: dict[str, list[float]] = {}  # sweep → durations of its trials finished in this launch
-        self.best: dict[str, tuple[float, int]] = {}  # sweep → (best value so far, trial)
+        # sweep → its task/dataset/metric values (none: one entry) → (best value so far, trial): values of two
+        # tasks are not comparable, so a sweep over tasks has a best per task
+        self.best: dict[str, dict[tuple[tuple[str, Any], ...], tuple[float, int]]] = {}
         self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=True)
         self.started = False  # the table appears with the first trial, below the start-up messages
 
@@ -181,10 +190,10 @@ class LiveDisplay(PlainDisplay):
                 f"{name}: {r.finished}{cap} finished ({c['complete']} complete, {c['pruned']} pruned, "
                 f"{c['failed']} failed), {r.running} running, {queued} queued"
             )
-            best = getattr(self, "best", {}).get(name)
-            if best is not None:
-                metric = getattr(getattr(r.spec, "metric", None), "name", "value")
-                line += f"; best {metric}={_fmt(best[0])} (trial {best[1]})"
+            metric = getattr(getattr(r.spec, "metric", None), "name", "value")
+            for within, best in getattr(self, "best", {}).get(name, {}).items():
+                where = "".join(f", {k}={v}" for k, v in within)
+                line += f"; best {metric}={_fmt(best[0])} (trial {best[1]}{where})"
             eta = self._eta(name, r)
             if eta is not None:
                 line += f"; ETA {_dur(eta)}"
@@ -238,16 +247,18 @@ class LiveDisplay(PlainDisplay):
         reason: str | None,
         steps: int,
     ) -> None:
+        within: tuple[tuple[str, Any], ...] = ()
         for key in [k for k in self.rows if k[1] == number and _sweep_of(k[0]) == sweep]:
+            within = _within(self.rows[key].params)
             del self.rows[key]  # the trial's row, or each of its folds' rows
         if state in ("COMPLETE", "PRUNED"):
             self.durations.setdefault(sweep, []).append(duration)
         runner = self.runners.get(sweep)
         goal = getattr(getattr(getattr(runner, "spec", None), "metric", None), "goal", None)
         if state == "COMPLETE" and value is not None and goal is not None:
-            best = self.best.get(sweep)
+            best = self.best.setdefault(sweep, {}).get(within)
             if best is None or (value > best[0] if goal == "maximize" else value < best[0]):
-                self.best[sweep] = (value, number)
+                self.best[sweep][within] = (value, number)
         super().trial_finished(sweep, number, state, value, duration, reason, steps)
         self.live.update(self._table())
 

@@ -134,7 +134,7 @@ def sweep_status(
         mean = sum(durations) / len(durations)
         remaining = queued + len(alive_running)
         eta = round(mean * remaining / len(alive_running), 1)
-    best = lb.rank(list(rows.values()), sd.direction)[0] if rows else None
+    best_within = _best_within(list(rows.values()), sd.direction)
     return {
         "sweep": sd.name,
         "metric": sd.metric,
@@ -155,12 +155,26 @@ def sweep_status(
         "mean_duration_s": round(sum(durations) / len(durations), 1) if durations else None,
         "eta_s": eta,
         "gpu_hours": round(gpu_hours, 4),
-        "best": (
-            {"trial": best["trial"], "value": best["value"]}
-            if best is not None and best["state"] == "COMPLETE"
-            else None
-        ),
+        # one best per task/dataset/metric when the sweep spans several (values of two are not comparable):
+        # "best" only when there is a single one
+        "best": best_within[0] if len(best_within) == 1 else None,
+        "best_within": best_within,
     }
+
+
+def _best_within(rows: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    """The best COMPLETE trial of each task/dataset/metric the sweep varies (one entry when it varies none):
+    ``{"trial", "value"}`` plus the values of those parameters."""
+    split = lb.strata(lb.varying([r["_params"] for r in rows]))
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in lb.rank_within(rows, split, direction):
+        key = json.dumps([r["_params"].get(k) for k in split], default=str)
+        if key in seen or r["state"] != "COMPLETE":
+            continue
+        seen.add(key)
+        out.append({**{k: r["_params"].get(k) for k in split}, "trial": r["trial"], "value": r["value"]})
+    return out
 
 
 def collect(url: str, sweep: list[str] | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
@@ -242,9 +256,11 @@ def render(report: dict[str, Any]) -> str:
             + (f" (of {s['planned']} planned)" if s["planned"] is not None else "")
             + f"; {s['gpu_hours']:.3g} GPU-hours"
         )
-        if s["best"]:
+        for b in s["best_within"]:
+            within = ", ".join(f"{k}={v}" for k, v in b.items() if k not in ("trial", "value"))
             out.append(
-                f"  best: trial {s['best']['trial']} {s['metric'] or 'value'}={lb._fmt(s['best']['value'])}"
+                f"  best: trial {b['trial']} {s['metric'] or 'value'}={lb._fmt(b['value'])}"
+                + (f" ({within})" if within else "")
             )
         if s["running"]:
             state = (

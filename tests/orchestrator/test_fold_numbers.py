@@ -4,10 +4,12 @@ folds."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
+from rich.console import Console
 
 from orchestrator import leaderboard as lb
 from orchestrator import storage as st
@@ -179,3 +182,42 @@ def test_report_draws_one_architecture_panel_per_task(two_tasks: str, tmp_path: 
         # the bars' value labels (the axis' tick labels, anchored at the end, may read 0.4 or 0.8 too)
         labels = set(re.findall(r'<text [^>]*text-anchor="middle">([^<]*)</text>', text))
         assert shown <= labels and not other & labels
+
+
+def test_launch_summary_status_and_live_view_give_one_best_per_task(two_tasks: str) -> None:
+    """The launch's closing lines, `orchestrate status` and the live caption: a best per task, never one across."""
+    from orchestrator.cli_launch import best_lines
+    from orchestrator.live import LiveDisplay
+    from orchestrator.status import collect, render
+
+    lines = [ln for ln in best_lines(two_tasks, ["arch"]) if ln.startswith("[arch] best:")]
+    assert len(lines) == 2
+    (gender,) = [ln for ln in lines if "task=gender" in ln]
+    (age,) = [ln for ln in lines if "task=age_group" in ln]
+    assert "backbone=a" in gender and "val/acc=0.9" in gender  # a's two seeds: 0.89, 0.91
+    assert "backbone=b" in age and "val/acc=0.55" in age
+
+    (sweep,) = collect(two_tasks)["sweeps"]
+    assert sweep["best"] is None  # one value across two tasks would compare accuracies of different tasks
+    best = {b["task"]: b for b in sweep["best_within"]}
+    assert set(best) == {"gender", "age_group"}
+    assert best["gender"]["value"] == pytest.approx(0.91) and best["age_group"]["value"] == pytest.approx(
+        0.56
+    )
+    text = render(collect(two_tasks))
+    assert "val/acc=0.91 (task=gender)" in text and "val/acc=0.56 (task=age_group)" in text
+
+    live = LiveDisplay()
+    live.console = Console(file=io.StringIO(), width=160, color_system=None)
+    metric = SimpleNamespace(name="val/acc", goal="maximize")
+    live.runners["arch"] = SimpleNamespace(
+        spec=SimpleNamespace(metric=metric), counts={"complete": 0, "pruned": 0, "failed": 0},
+        pending=[], cap=None, finished=0, running=0,
+    )  # fmt: skip
+    for number, (task, value) in enumerate([("gender", 0.9), ("age_group", 0.4), ("gender", 0.8)]):
+        live.trial_started("arch", number, "cpu0", {"backbone": "a", "task": task}, 1)
+        live.trial_finished("arch", number, "COMPLETE", value, 1.0, None, 1)
+    caption = " ".join(live._caption().split())
+    live.live.stop()
+    assert "best val/acc=0.9 (trial 0, task=gender)" in caption
+    assert "best val/acc=0.4 (trial 1, task=age_group)" in caption

@@ -50,12 +50,23 @@ ARCH_PARAMS = ("backbone", "arch", "architecture", "model", "network", "net")
 
 
 # --------------------------------------------------------------------------------------- the sections
-def importances(url: str, sd: lb.StudyData) -> tuple[list[tuple[str, float]], str]:
-    """Optuna's parameter importances, or a note saying why there are none."""
-    complete = [t for t in sd.trials if t.state == "COMPLETE" and t.value is not None]
+def importances(
+    url: str, sd: lb.StudyData, within: dict[str, Any] | None = None
+) -> tuple[list[tuple[str, float]], str]:
+    """Optuna's parameter importances, or a note saying why there are none. ``within`` (e.g. ``{"task":
+    "gender"}``) keeps the trials with those values: a sweep over tasks gets importances per task, since one
+    fANOVA over values of different tasks would mostly measure the task."""
+    within = within or {}
+    complete = [
+        t
+        for t in sd.trials
+        if t.state == "COMPLETE"
+        and t.value is not None
+        and all(t.params.get(k) == v for k, v in within.items())
+    ]
     if len(complete) < 3:
         return [], f"too few complete trials for parameter importances ({len(complete)}; need at least 3)"
-    varying = lb.varying([t.params for t in complete])
+    varying = [p for p in lb.varying([t.params for t in complete]) if p not in within]
     if not varying:
         return [], "no parameter varies among the complete trials"
     import optuna
@@ -63,6 +74,14 @@ def importances(url: str, sd: lb.StudyData) -> tuple[list[tuple[str, float]], st
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=sd.name, storage=st.get_storage(url))
+    if within:  # the trials of this task alone, in an in-memory study (the storage is only read)
+        subset = optuna.create_study(directions=study.directions)
+        subset.add_trials(
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if all(t.params.get(k) == v for k, v in within.items())
+        )
+        study = subset
     evaluator: Any
     if len(complete) <= 1000:
         evaluator, name = FanovaImportanceEvaluator(seed=0), "fANOVA"
@@ -72,7 +91,10 @@ def importances(url: str, sd: lb.StudyData) -> tuple[list[tuple[str, float]], st
         imp = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varying)
     except Exception as exc:  # noqa: BLE001 - too few distinct values, conditional params …
         return [], f"parameter importances unavailable: {type(exc).__name__}: {exc}"
-    return [(k, float(v)) for k, v in imp.items()], f"{name} over {len(complete)} complete trials (Optuna)"
+    where = "".join(f", {k} {v}" for k, v in within.items())
+    return [
+        (k, float(v)) for k, v in imp.items()
+    ], f"{name} over {len(complete)} complete trials{where} (Optuna)"
 
 
 def _fold_confusions(run_dir: Path) -> dict[str, Any]:
@@ -371,12 +393,41 @@ def _curves(page: _Page, sd: lb.StudyData, top_trials: list[int], metric: str) -
 
 
 def _importances(page: _Page, url: str, sd: lb.StudyData) -> dict[str, Any]:
-    """The importances chart (with a caution on few trials), or why there is none; returns the JSON entries."""
-    imp, note = importances(url, sd)
-    data: dict[str, Any] = {"importances": dict(imp)}
+    """The importances chart (with a caution on few trials), or why there is none; returns the JSON entries.
+    A sweep over tasks/datasets/metrics gets one chart per task (``importances_within``), never one over all."""
     page.h.append("<h3>Parameter importances</h3>")
     page.m.append("### Parameter importances\n")
-    n_complete = sum(1 for t in sd.trials if t.state == "COMPLETE" and t.value is not None)
+    complete = [t for t in sd.trials if t.state == "COMPLETE" and t.value is not None]
+    split = lb.strata(lb.varying([t.params for t in complete]))
+    if not split:
+        return _importance_chart(page, url, sd, {}, "importances")
+    combos: dict[str, dict[str, Any]] = {}
+    for t in complete:
+        combo = {k: t.params.get(k) for k in split}
+        combos.setdefault(json.dumps(combo, sort_keys=True, default=str), combo)
+    data: dict[str, Any] = {"importances": {}, "importances_within": []}
+    for i, combo in enumerate(combos.values(), 1):
+        label = ", ".join(f"{k} {v}" for k, v in combo.items())
+        page.h.append(f"<h4>{_e(label)}</h4>")
+        page.m.append(f"#### {label}\n")
+        data["importances_within"].append(
+            {**combo, **_importance_chart(page, url, sd, combo, f"importances-{i}")}
+        )
+    return data
+
+
+def _importance_chart(
+    page: _Page, url: str, sd: lb.StudyData, within: dict[str, Any], kind: str
+) -> dict[str, Any]:
+    imp, note = importances(url, sd, within)
+    data: dict[str, Any] = {"importances": dict(imp)}
+    n_complete = sum(
+        1
+        for t in sd.trials
+        if t.state == "COMPLETE"
+        and t.value is not None
+        and all(t.params.get(k) == v for k, v in within.items())
+    )
     if imp and n_complete < FEW_TRIALS:
         caution = (
             f"Caution: only {n_complete} complete trials (fewer than {FEW_TRIALS}): these importances rest on few "
@@ -386,7 +437,7 @@ def _importances(page: _Page, url: str, sd: lb.StudyData) -> dict[str, Any]:
         page.m.append(f"> {caution}\n")
         data["importances_caution"] = caution
     if imp:
-        page.chart("importances", hbar_svg("Parameter importances", imp, note), note)
+        page.chart(kind, hbar_svg("Parameter importances", imp, note), note)
     else:
         page.note(note)
     return data

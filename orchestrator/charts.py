@@ -298,33 +298,46 @@ def loss_curves_svg(sd: lb.StudyData, trials: list[int]) -> tuple[str | None, in
 
 
 def history_svg(sd: lb.StudyData, metric: str) -> str | None:
+    """Every trial's value in order and the best so far; a sweep over tasks/datasets/metrics gets a best-so-far
+    line (and a colour) per task, never one line across values of different tasks."""
     rows = lb.trial_rows(sd)
-    done = [
-        (float(r["trial"]), float(r["value"]))
-        for r in rows
-        if r["state"] == "COMPLETE" and lb._finite(r["value"])
-    ]
-    pruned = [
-        (float(r["trial"]), float(r["best"]))
-        for r in rows
-        if r["state"] == "PRUNED" and lb._finite(r["best"])
-    ]
-    if not done and not pruned:
+    split = lb.strata(lb.varying([r["_params"] for r in rows]))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        label = ", ".join(f"{k} {r['_params'].get(k)}" for k in split)
+        groups.setdefault(label, []).append(r)
+    series = []
+    for label, group in groups.items():
+        done = [
+            (float(r["trial"]), float(r["value"]))
+            for r in group
+            if r["state"] == "COMPLETE" and lb._finite(r["value"])
+        ]
+        pruned = [
+            (float(r["trial"]), float(r["best"]))
+            for r in group
+            if r["state"] == "PRUNED" and lb._finite(r["best"])
+        ]
+        series.append((label, done, pruned))
+    points = [p for _, done, pruned in series for p in done + pruned]
+    if not points:
         return None
-    xs = [x for x, _ in done + pruned]
-    ys = [y for _, y in done + pruned]
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
     plot = _Plot(
         "Optimisation history", "trial", metric, (min(xs) - 0.5, max(xs) + 0.5), _range(ys), integer_x=True
     )
-    plot.dots(pruned, "#999999", "pruned (best epoch)", hollow=True)
-    plot.dots(done, PALETTE[0], "complete")
-    best: list[tuple[float, float]] = []
-    cur: float | None = None
-    for x, y in sorted(done):
-        if cur is None or (y > cur if sd.direction == "maximize" else y < cur):
-            cur = y
-        best.append((x, cur))
-    plot.line(best, PALETTE[3], "best so far")
+    for i, (label, done, pruned) in enumerate(series):
+        tag = f" ({label})" if label else ""
+        plot.dots(pruned, "#999999", f"pruned (best epoch){tag}", hollow=True)
+        plot.dots(done, PALETTE[(2 * i) % len(PALETTE)], f"complete{tag}")
+        best: list[tuple[float, float]] = []
+        cur: float | None = None
+        for x, y in sorted(done):
+            if cur is None or (y > cur if sd.direction == "maximize" else y < cur):
+                cur = y
+            best.append((x, cur))
+        plot.line(best, PALETTE[(2 * i + 3) % len(PALETTE)], f"best so far{tag}")
     return plot.svg()
 
 

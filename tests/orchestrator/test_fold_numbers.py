@@ -223,7 +223,7 @@ def test_launch_summary_status_and_live_view_give_one_best_per_task(two_tasks: s
     assert "best val/acc=0.4 (trial 1, task=age_group)" in caption
 
 
-def test_report_importances_are_per_task(two_tasks: str, tmp_path: Path) -> None:
+def test_report_importances_and_history_are_per_task(two_tasks: str, tmp_path: Path) -> None:
     """fANOVA over gender and age accuracies together would mostly measure the task: one per task instead."""
     out = tmp_path / "report"
     write_report(two_tasks, out)
@@ -237,3 +237,6 @@ def test_report_importances_are_per_task(two_tasks: str, tmp_path: Path) -> None
     md = (out / "report.md").read_text()
     assert "#### task gender" in md and "#### task age_group" in md
     assert len(list(out.glob("arch-importances-*.svg"))) == 2
+    history = (out / "arch-history.svg").read_text()  # a best-so-far line per task, not one across both
+    assert "best so far (task gender)" in history and "best so far (task age_group)" in history
+    assert history.count("<polyline") == 2

@@ -107,11 +107,12 @@ def test_a_trial_whose_requester_is_gone_stops_itself(
 ) -> None:
     folder, _, env = daemon
     trial, out_r, pid = _fork(folder, env, code, "sleep=600")
-    os.close(out_r)
-    assert _alive(pid)
-    os.close(trial.lifeline)  # as when the requester dies
-    _wait(lambda: not _alive(pid))
+    with os.fdopen(out_r) as out:  # read first: a trial printing into a closed pipe would end by EPIPE (rc 1)
+        assert out.readline().startswith(f"trial {pid} ")  # it sleeps now
+        os.close(trial.lifeline)  # as when the requester dies
+        _wait(lambda: not _alive(pid))
     assert trial.wait() == -signal.SIGTERM
+    assert "the launcher is gone; stopping the trial" in (code / "stderr.log").read_text()
     trial.conn.close()
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator import optuna_compat
 from orchestrator.faults import mask_url
 from orchestrator.trial.errors import RunError, UsageError
 
@@ -75,8 +76,6 @@ def key_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
     """Set several user attributes of a running trial in one transaction (see ``optuna_compat``)."""
-    from orchestrator import optuna_compat
-
     optuna_compat.set_user_attrs(trial, attrs)
 
 
@@ -124,6 +123,7 @@ def get_storage(url: str | None = None) -> Any:
             # SQLite's busy timeout (10 s): how long a write waits for another writer's lock before "database is
             # locked" (then the controller pauses and retries, see faults.py); `?timeout=S` in the URL sets it
             connect_args = {} if "timeout" in _query(url) else {"timeout": 10}
+            optuna_compat.cache_alembic_scripts()
             storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
             _tune_sqlite(storage)
             return storage
@@ -140,6 +140,7 @@ def get_storage(url: str | None = None) -> Any:
                     "pool_pre_ping": True,
                     **({"connect_args": connect} if url.startswith("postgres") else {}),
                 }
+                optuna_compat.cache_alembic_scripts()
                 try:
                     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
                 except Exception as exc:

@@ -41,12 +41,18 @@ def preload_names(env: Mapping[str, str] = os.environ) -> list[str]:
 
 
 def preload(names: Iterable[str]) -> None:
-    """Import ``names`` (a missing optional module only costs its warmth), then note the temp dirs they hold."""
+    """Import ``names`` (a missing optional module only costs its warmth), then note the temp dirs they hold.
+
+    ``module:function`` imports ``module`` and calls its ``function()`` (work to do once before any fork, such
+    as ``orchestrator.optuna_compat:warm_storage``)."""
     import importlib
 
     for name in names:
+        module, _, call = name.partition(":")
         try:
-            importlib.import_module(name)
+            imported = importlib.import_module(module)
+            if call:
+                getattr(imported, call)()
         except Exception as exc:
             print(f"warm worker: could not preload {name}: {exc}", file=sys.stderr)
     note_temp_dirs()  # each trial forked from here gets its own copy of them (own_temp_dirs)

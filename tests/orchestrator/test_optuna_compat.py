@@ -61,3 +61,44 @@ def test_set_user_attrs_one_upsert(study: optuna.Study) -> None:
     study.tell(trial, 1.0)
     with pytest.raises(RuntimeError):  # a finished trial is not updatable
         oc.set_user_attrs(trial, {"late": 1})
+
+
+def _schema(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, ...]], list[tuple[str, ...]]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        tables = sorted(db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall())
+        alembic = db.execute("SELECT * FROM alembic_version").fetchall()
+        info = db.execute("SELECT schema_version, library_version FROM version_info").fetchall()
+    return tables, alembic, info
+
+
+def test_cached_migration_scripts_make_optunas_own_database_reading_them_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    from alembic.script import ScriptDirectory
+
+    plain = tmp_path / "plain.db"  # Optuna alone, in a process where nothing is cached
+    subprocess.run(
+        [sys.executable, "-c", f"import optuna; optuna.storages.RDBStorage('sqlite:///{plain}')"], check=True
+    )
+    oc.cache_alembic_scripts()
+    oc.cache_alembic_scripts()  # idempotent: one wrapper, one cache
+    built: list[int] = []
+    original = ScriptDirectory.from_config
+    monkeypatch.setattr(ScriptDirectory, "from_config", lambda *a, **k: built.append(1) or original(*a, **k))
+    for name in ("a.db", "b.db", "a.db"):  # two new databases, then an existing one
+        optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name}").engine.dispose()
+    assert len(built) <= 1  # (0 when an earlier test of this process already read them)
+    assert _schema(tmp_path / "a.db") == _schema(tmp_path / "b.db") == _schema(plain)
+    (_, alembic, _) = _schema(plain)
+    head = ScriptDirectory(
+        str(Path(optuna.__file__).parent / "storages" / "_rdb" / "alembic")
+    ).get_current_head()
+    assert alembic == [(head,)]
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'a.db'}", study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'a.db'}").trials) == 2

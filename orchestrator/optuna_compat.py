@@ -137,7 +137,7 @@ def cache_alembic_scripts() -> None:
 
 def warm_storage() -> None:
     """For a pre-importing process (the controller zygote): what opening a storage loads once, loaded now (the
-    migration scripts above, SQLAlchemy's compiled statements for Optuna's schema) on a throw-away in-memory
+    migration scripts above, SQLAlchemy's configuration of Optuna's mapped models) on a throw-away in-memory
     database, so that every launch forked from it opens its storage warm."""
     import optuna
 

@@ -114,7 +114,7 @@ def _hot(argv: list[str]) -> int | None:
         return None
     sys.stdout.flush()
     sys.stderr.flush()
-    trial = client.fork_trial(conn, "orchestrator.cli", argv, env, cwd, LIFELINE_GRACE_S, 1, 2)
+    trial = client.fork_trial(conn, "orchestrator.forked_cli", argv, env, cwd, LIFELINE_GRACE_S, 1, 2)
     if trial is None:
         conn.close()
         return None

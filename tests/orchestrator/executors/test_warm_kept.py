@@ -355,3 +355,13 @@ def test_a_hot_launch_is_forked_and_a_killed_front_stops_it_and_its_trials(tmp_p
         front.kill()
     z = controller_zygote()
     assert z is not None and z["served"] == 1 and z["pid"] == daemon["pid"]
+    # a hot launch that runs to its end: the same output as a launch run in its own process, nothing more
+    # (it printed runpy's "'orchestrator.cli' found in sys.modules" RuntimeWarning, a second copy of the CLI)
+    (tmp_path / "c.yaml").write_text(CURVE_SWEEP.format(name="c", curve=CURVE, epochs=1, sleep=0.01))
+    hot = subprocess.run(
+        [*argv, "c.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert hot.returncode == 0 and hot.stderr == "", hot.stdout + hot.stderr
+    assert "[c] 2 complete, 0 pruned, 0 failed" in hot.stdout
+    z = controller_zygote()
+    assert z is not None and z["served"] == 2 and z["pid"] == daemon["pid"]

@@ -5,10 +5,17 @@ The live table has one row per running job: sweep, trial, slot, ``epoch 3/4`` (t
 (the constants are printed once, as the sweep starts). Its caption has, per sweep: finished of cap (complete, pruned,
 failed), running, queued, the best value so far and an ETA (mean duration of the trials finished in this
 launch × (queued + running) / jobs running, as ``orchestrate status``).
+
+The display never ends a launch: when standard output can no longer be written (the reader of a pipe left, as
+``| head`` does; a closed terminal; a full disk), the launch goes on without printing, says so once on stderr,
+and its trials run and are recorded as before (click's and rich's default was to exit 1 at once, leaving the
+running trials orphaned).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,15 +83,45 @@ def _epoch(row: _Row) -> str:
     return f"{row.step}/{row.epochs}" if row.epochs else str(row.step)
 
 
+def output_gone(out: TextIO, exc: BaseException) -> TextIO:
+    """``out`` failed (``exc``): what to write to from now on. Standard output's descriptor is pointed at
+    /dev/null (so that every later write to it, the launch's own or a library's, succeeds); any other stream is
+    replaced by /dev/null. One line on stderr says so."""
+    try:
+        fd = out.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+        with contextlib.suppress(OSError, ValueError):
+            out.flush()  # what was buffered goes to /dev/null now
+    except (OSError, ValueError):
+        out = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the display
+    why = getattr(exc, "strerror", None) or type(exc).__name__
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(
+            f"orchestrate: the output can no longer be written ({why}); the launch goes on without printing "
+            "(`orchestrate status` shows it)\n"
+        )
+        sys.stderr.flush()
+    return out
+
+
 class PlainDisplay:
     """One line per event: for logs, CI and pipes."""
 
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
+        self.gone = False  # the output failed: nothing more is printed
 
     def _say(self, text: str) -> None:
-        self.out.write(time.strftime("%H:%M:%S ") + text + "\n")
-        self.out.flush()
+        if self.gone:
+            return
+        try:
+            self.out.write(time.strftime("%H:%M:%S ") + text + "\n")
+            self.out.flush()
+        except OSError as exc:
+            self.gone = True
+            self.out = output_gone(self.out, exc)
 
     def sweep_ready(self, name: str, runner: Any) -> None:
         left = len(runner.pending)
@@ -146,7 +183,14 @@ class LiveDisplay(PlainDisplay):
         from rich.live import Live
 
         super().__init__()
-        self.console = Console()
+        display = self
+
+        class _Console(Console):
+            def on_broken_pipe(self) -> None:  # rich's default: exit 1 at once, the trials orphaned
+                self.quiet = True
+                display._gone(BrokenPipeError("Broken pipe"))
+
+        self.console = _Console()
         self.rows: dict[tuple[str, int], _Row] = {}
         self.runners: dict[str, Any] = {}  # sweep name → its SweepRunner (counts for the caption)
         self.paused: str | None = None  # the pause line (storage or runs dir failing), shown above the counts
@@ -214,14 +258,28 @@ class LiveDisplay(PlainDisplay):
         self.runners[name] = runner
         super().sweep_ready(name, runner)
 
+    def _gone(self, exc: BaseException) -> None:
+        if not self.gone:
+            self.gone = True
+            self.console.quiet = True
+            output_gone(sys.stdout, exc)
+
     def _say(self, text: str) -> None:
-        self.console.print(time.strftime("%H:%M:%S ") + text, markup=False, highlight=False)
+        if self.gone:
+            return
+        try:
+            self.console.print(time.strftime("%H:%M:%S ") + text, markup=False, highlight=False)
+        except OSError as exc:  # (a broken pipe is rich's on_broken_pipe; this is the rest: EIO, ENOSPC …)
+            self._gone(exc)
 
     def trial_started(self, sweep: str, number: int, slot: str, flat: dict[str, Any], attempt: int) -> None:
         self.rows[(sweep, number)] = _Row(sweep, number, slot, flat, attempt)
         if not self.started:
             self.started = True
-            self.live.start()
+            try:
+                self.live.start()
+            except OSError as exc:
+                self._gone(exc)
         self.live.update(self._table())
 
     def trial_metric(
@@ -272,7 +330,10 @@ class LiveDisplay(PlainDisplay):
 
     def close(self) -> None:
         if self.started:
-            self.live.stop()
+            try:
+                self.live.stop()
+            except OSError as exc:
+                self._gone(exc)
 
 
 def make_display(plain: bool | None = None) -> PlainDisplay:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from orchestrator import storage as st
@@ -79,3 +81,43 @@ def test_live_view_rows_title_and_caption(tmp_path: Path) -> None:
     assert ("grid fold 0", 4) not in display.rows and ("grid fold 1", 4) not in display.rows
     assert "best score=0.95 (trial 4)" in " ".join(_text(display).split())
     display.close()
+
+
+class _Broken(io.StringIO):
+    """A stream whose reader is gone (or whose terminal or disk is): every write fails."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, s: str) -> int:
+        raise self.error
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("no descriptor")
+
+
+def test_a_display_whose_output_fails_goes_quiet_instead_of_ending_the_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    from orchestrator.live import PlainDisplay
+
+    (spec,) = load_sweeps(write(tmp_path, "sweeps.yaml", SWEEP)).sweeps
+    runner = SweepRunner(spec, st.get_storage(f"sqlite:///{tmp_path / 'db.sqlite'}"), LaunchOptions())
+    for error in (BrokenPipeError(errno.EPIPE, "Broken pipe"), OSError(errno.EIO, "Input/output error")):
+        monkeypatch.setattr(sys, "stdout", _Broken(error))
+        plain = PlainDisplay()
+        live = LiveDisplay()  # rich: a broken pipe went to its on_broken_pipe (exit 1); the rest raised
+        for display in (plain, live):
+            display.sweep_ready("grid", runner)
+            display.trial_started("grid", 0, "cpu0", {"quality": 0.1}, 1)
+            display.trial_metric("grid", 0, 1, "score", 0.5)
+            display.trial_finished("grid", 0, "COMPLETE", 0.5, 1.0, None, 1)
+            display.message("done")
+            display.close()
+            assert display.gone
+        err = capsys.readouterr().err
+        assert err.count("the output can no longer be written") == 2, err  # once per display
+        assert f"({error.strerror})" in err

@@ -337,3 +337,35 @@ def test_relaunch_with_a_changed_spec_is_exit_2_listing_the_changes_and_new_star
     assert "resumes its study 'hostile-2'" in again.stdout + again.stderr
     assert _study_names(tmp_path) == ["hostile", "hostile-2"]
     assert len(load_trials(tmp_path, "hostile-2")) == 2
+
+
+def test_a_launch_whose_output_is_closed_goes_on_and_records_every_trial(tmp_path: Path) -> None:
+    """``orchestrate launch … | head -3``: the reader of its output leaves while trials run. Before, click (plain
+    output) and rich (the live view) exited 1 at once, silently, leaving the running trials orphaned in the
+    study; now the launch says so once on stderr and runs the sweep to its end."""
+    spec = _spec(
+        tmp_path, "      quality: {values: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}\n      epochs: {value: 3}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "launch", str(spec), "--plain"],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    assert "launch" in first
+    proc.stdout.close()  # as `head -1` does: its next lines meet a closed pipe
+    try:
+        err = proc.stderr.read()  # (to its end: the launch's end)
+        assert proc.wait(timeout=300) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert err.count("the output can no longer be written (Broken pipe); the launch goes on") == 1, err
+    assert "Traceback" not in err
+    trials = load_trials(tmp_path, "hostile")
+    assert sorted(t.params["quality"] for t in trials) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert all(t.state == TrialState.COMPLETE for t in trials)

@@ -488,10 +488,11 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def main() -> None:
     """The entry point: every command's unexpected error becomes one line (exit 1; ``--debug`` shows the
-    traceback), and Ctrl-C/SIGTERM end any command with 130/143 (a launch first stops its trials)."""
+    traceback), and Ctrl-C/SIGTERM/SIGHUP end any command with 130/143/129 (a launch first stops its trials)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # (SIGHUP: the terminal closed)
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _on_signal)
     try:
         # also under `python -m orchestrator`: help and completion name the command
         app(prog_name="orchestrate")

@@ -139,13 +139,14 @@ class Controller(Coordination, ChildEnv, Progress):
         )  # the display says what happens, not Optuna's log
         t0 = time.time()
         self._open_studies()
-        old_int = signal.signal(signal.SIGINT, self._on_signal)
-        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        # Ctrl-C, SIGTERM, and SIGHUP (the terminal closed): the same clean stop, exit 128 + the signal
+        stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+        old = {sig: signal.signal(sig, self._on_signal) for sig in stops}
         try:
             self._loop()
         finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
             self.executor.close()
         return self._wrap_up(t0)
 

@@ -119,10 +119,11 @@ def test_orphan_holding_the_pipe_neither_hangs_the_sweep_nor_survives(tmp_path: 
         ("starting", signal.SIGTERM),
         ("running", signal.SIGINT),
         ("running", signal.SIGTERM),
+        ("running", signal.SIGHUP),  # the terminal closed (an SSH session dropped): it died on the spot before
     ],
 )
 def test_sigint_and_sigterm_exit_130_143_leaving_nothing_behind(tmp_path: Path, phase: str, sig: int) -> None:
-    """Ctrl-C or SIGTERM while a trial is starting (no report yet) or running (reported, with a leftover
+    """Ctrl-C, SIGTERM or SIGHUP while a trial is starting (no report yet) or running (reported, with a leftover
     process that ignores SIGTERM and holds its stdout): the launch exits 128 + signal, its trial is not left
     RUNNING in the study, and none of its processes is left."""
     started = tmp_path / "started"

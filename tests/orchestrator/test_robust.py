@@ -119,7 +119,7 @@ def test_orphan_holding_the_pipe_neither_hangs_the_sweep_nor_survives(tmp_path: 
         ("starting", signal.SIGTERM),
         ("running", signal.SIGINT),
         ("running", signal.SIGTERM),
-        ("running", signal.SIGHUP),  # the terminal closed (an SSH session dropped): it died on the spot before
+        ("running", signal.SIGHUP),  # a closed terminal: it died on the spot before
     ],
 )
 def test_sigint_and_sigterm_exit_130_143_leaving_nothing_behind(tmp_path: Path, phase: str, sig: int) -> None:

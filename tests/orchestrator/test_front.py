@@ -62,6 +62,7 @@ def test_a_launch_forked_from_the_controller_zygote_imports_and_builds_nothing_m
     )
     result = json.loads(proc.stderr.strip().splitlines()[-1])
     assert result["rc"] == 0, proc.stdout + proc.stderr
+    assert "could not preload" not in proc.stderr  # every entry of the list exists (and its call succeeds)
     assert "2 complete" in proc.stdout
     assert result["new"] == []  # each module here would be imported again by every hot launch
     assert result["built"] == 0  # Optuna's migration scripts: read once in the zygote (warm_storage)

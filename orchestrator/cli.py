@@ -18,6 +18,7 @@ import typer
 
 from orchestrator.cli_launch import launch_sweeps
 from orchestrator.cli_render import err_console, flags_as_flags, no_color
+from orchestrator.options import STOP_SIGNALS
 from orchestrator.trial.errors import OrchestrateError, UsageError
 
 app = typer.Typer(
@@ -490,9 +491,8 @@ def main() -> None:
     """The entry point: every command's unexpected error becomes one line (exit 1; ``--debug`` shows the
     traceback), and Ctrl-C/SIGTERM/SIGHUP end any command with 130/143/129 (a launch first stops its trials)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # (SIGHUP: the terminal closed)
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _on_signal)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_signal)
     try:
         # also under `python -m orchestrator`: help and completion name the command
         app(prog_name="orchestrate")

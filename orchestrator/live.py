@@ -83,19 +83,17 @@ def _epoch(row: _Row) -> str:
     return f"{row.step}/{row.epochs}" if row.epochs else str(row.step)
 
 
-def output_gone(out: TextIO, exc: BaseException) -> TextIO:
-    """``out`` failed (``exc``): what to write to from now on. Standard output's descriptor is pointed at
-    /dev/null (so that every later write to it, the launch's own or a library's, succeeds); any other stream is
-    replaced by /dev/null. One line on stderr says so."""
-    try:
-        fd = out.fileno()
+def _output_gone(out: TextIO, exc: BaseException) -> None:
+    """``out`` failed (``exc``): its descriptor, if it has one, is pointed at /dev/null, so that every later write
+    to it (a library's, the launch's last lines) succeeds; the display itself writes nothing more. One line on
+    stderr says so."""
+    with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
-        with contextlib.suppress(OSError, ValueError):
-            out.flush()  # what was buffered goes to /dev/null now
-    except (OSError, ValueError):
-        out = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the display
+        try:
+            os.dup2(devnull, out.fileno())
+        finally:
+            os.close(devnull)
+        out.flush()  # what was buffered goes to /dev/null now
     why = getattr(exc, "strerror", None) or type(exc).__name__
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(
@@ -103,7 +101,6 @@ def output_gone(out: TextIO, exc: BaseException) -> TextIO:
             "(`orchestrate status` shows it)\n"
         )
         sys.stderr.flush()
-    return out
 
 
 class PlainDisplay:
@@ -120,8 +117,13 @@ class PlainDisplay:
             self.out.write(time.strftime("%H:%M:%S ") + text + "\n")
             self.out.flush()
         except OSError as exc:
+            self._gone(exc)
+
+    def _gone(self, exc: BaseException) -> None:
+        """The output failed: nothing more is printed, and the launch goes on."""
+        if not self.gone:
             self.gone = True
-            self.out = output_gone(self.out, exc)
+            _output_gone(self.out, exc)
 
     def sweep_ready(self, name: str, runner: Any) -> None:
         left = len(runner.pending)
@@ -259,10 +261,8 @@ class LiveDisplay(PlainDisplay):
         super().sweep_ready(name, runner)
 
     def _gone(self, exc: BaseException) -> None:
-        if not self.gone:
-            self.gone = True
-            self.console.quiet = True
-            output_gone(sys.stdout, exc)
+        self.console.quiet = True  # (rich's refresh thread writes too)
+        super()._gone(exc)
 
     def _say(self, text: str) -> None:
         if self.gone:

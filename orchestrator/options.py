@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,18 @@ class LaunchOptions:
     )
 
 
+#: what stops a command, and a launch cleanly (its trials stopped and marked), exit 128 + the signal: Ctrl-C,
+#: SIGTERM, and SIGHUP (the terminal closed: an SSH session dropped)
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
 @dataclass
 class Outcome:
     """What a finished launch did, per sweep."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     interrupted: bool = False
-    signal: int = 0  # the signal that interrupted it (SIGINT, SIGTERM): the exit code is 128 + it
+    signal: int = 0  # the signal that interrupted it (one of STOP_SIGNALS): the exit code is 128 + it
     wall_s: float = 0.0
     busy_s: float = 0.0  # sum of trial durations
     slots: int = 0

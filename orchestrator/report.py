@@ -50,6 +50,11 @@ ARCH_PARAMS = ("backbone", "arch", "architecture", "model", "network", "net")
 
 
 # --------------------------------------------------------------------------------------- the sections
+def _in(params: dict[str, Any], within: dict[str, Any]) -> bool:
+    """Whether a trial's parameters have the values of ``within`` (e.g. ``{"task": "gender"}``; {}: every trial)."""
+    return all(params.get(k) == v for k, v in within.items())
+
+
 def importances(
     url: str, sd: lb.StudyData, within: dict[str, Any] | None = None
 ) -> tuple[list[tuple[str, float]], str]:
@@ -58,11 +63,7 @@ def importances(
     fANOVA over values of different tasks would mostly measure the task."""
     within = within or {}
     complete = [
-        t
-        for t in sd.trials
-        if t.state == "COMPLETE"
-        and t.value is not None
-        and all(t.params.get(k) == v for k, v in within.items())
+        t for t in sd.trials if t.state == "COMPLETE" and t.value is not None and _in(t.params, within)
     ]
     if len(complete) < 3:
         return [], f"too few complete trials for parameter importances ({len(complete)}; need at least 3)"
@@ -79,7 +80,7 @@ def importances(
         subset.add_trials(
             t
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if all(t.params.get(k) == v for k, v in within.items())
+            if _in(t.params, within)
         )
         study = subset
     evaluator: Any
@@ -422,11 +423,7 @@ def _importance_chart(
     imp, note = importances(url, sd, within)
     data: dict[str, Any] = {"importances": dict(imp)}
     n_complete = sum(
-        1
-        for t in sd.trials
-        if t.state == "COMPLETE"
-        and t.value is not None
-        and all(t.params.get(k) == v for k, v in within.items())
+        1 for t in sd.trials if t.state == "COMPLETE" and t.value is not None and _in(t.params, within)
     )
     if imp and n_complete < FEW_TRIALS:
         caution = (

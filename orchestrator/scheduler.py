@@ -41,7 +41,7 @@ from orchestrator.coordination import Coordination, _TakenOver
 from orchestrator.executors import Executor, Job, get_executor
 from orchestrator.leases import open_leases
 from orchestrator.messages import failure_summary
-from orchestrator.options import LaunchOptions, Outcome
+from orchestrator.options import STOP_SIGNALS, LaunchOptions, Outcome
 from orchestrator.outcome import BAD_INPUT_RC, decide, fold_best_last, follow_up
 from orchestrator.progress import Progress
 from orchestrator.record import _never_ran, account, record_trial
@@ -139,9 +139,7 @@ class Controller(Coordination, ChildEnv, Progress):
         )  # the display says what happens, not Optuna's log
         t0 = time.time()
         self._open_studies()
-        # Ctrl-C, SIGTERM, and SIGHUP (the terminal closed): the same clean stop, exit 128 + the signal
-        stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
-        old = {sig: signal.signal(sig, self._on_signal) for sig in stops}
+        old = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             self._loop()
         finally:

@@ -109,6 +109,7 @@ def get_storage(url: str | None = None) -> Any:
     """
     import optuna
 
+    optuna_compat.cache_alembic_scripts()  # (an RDB storage reads Optuna's migration scripts once per process)
     url = url or DEFAULT_STORAGE
     try:
         if url.startswith("journal://"):
@@ -123,7 +124,6 @@ def get_storage(url: str | None = None) -> Any:
             # SQLite's busy timeout (10 s): how long a write waits for another writer's lock before "database is
             # locked" (then the controller pauses and retries, see faults.py); `?timeout=S` in the URL sets it
             connect_args = {} if "timeout" in _query(url) else {"timeout": 10}
-            optuna_compat.cache_alembic_scripts()
             storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
             _tune_sqlite(storage)
             return storage
@@ -140,7 +140,6 @@ def get_storage(url: str | None = None) -> Any:
                     "pool_pre_ping": True,
                     **({"connect_args": connect} if url.startswith("postgres") else {}),
                 }
-                optuna_compat.cache_alembic_scripts()
                 try:
                     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
                 except Exception as exc:

@@ -45,6 +45,19 @@ def run_cli(
     return proc
 
 
+def start_launch(tmp_path: Path, spec: Path) -> subprocess.Popen[str]:
+    """``orchestrate launch SPEC --plain`` started in ``tmp_path``, its stdout and stderr on pipes (for tests that
+    act while it runs)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "launch", str(spec), "--plain"],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text).replace("@CURVE@", str(CURVE)))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.orchestrator.conftest import cli_env, load_trials, run_cli, write
+from tests.orchestrator.conftest import cli_env, load_trials, run_cli, start_launch, write
 
 pytestmark = pytest.mark.e2e
 
@@ -202,14 +202,7 @@ def test_sigkill_controller_then_relaunch_runs_each_point_once(tmp_path: Path) -
 
 def test_ctrl_c_stops_children_and_next_launch_resumes(tmp_path: Path) -> None:
     spec = write(tmp_path, "sweeps.yaml", SLOW_GRID)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "launch", str(spec), "--plain"],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_launch(tmp_path, spec)
     _wait_for(lambda: _completed(tmp_path) >= 1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

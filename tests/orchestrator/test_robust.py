@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.orchestrator.conftest import ROOT, cli_env, load_trials, run_cli
+from tests.orchestrator.conftest import ROOT, cli_env, load_trials, run_cli, start_launch
 
 pytestmark = pytest.mark.e2e
 
@@ -133,14 +133,7 @@ def test_sigint_and_sigterm_exit_130_143_leaving_nothing_behind(tmp_path: Path, 
     else:
         params = f"      epochs: {{value: 2}}\n      hold: {{value: 600}}\n      orphan: {{value: {tmp_path / 'orphan.pid'}}}\n"
     spec = _spec(tmp_path, params + f"      started: {{value: {started}}}\n", workers_slots="cpu:1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "launch", str(spec), "--plain"],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_launch(tmp_path, spec)
     try:
         _wait_for(lambda: any(started.iterdir()))
         if phase == "running":
@@ -347,14 +340,7 @@ def test_a_launch_whose_output_is_closed_goes_on_and_records_every_trial(tmp_pat
     spec = _spec(
         tmp_path, "      quality: {values: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}\n      epochs: {value: 3}\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "launch", str(spec), "--plain"],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_launch(tmp_path, spec)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()
     assert "launch" in first
